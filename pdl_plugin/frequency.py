@@ -1,0 +1,218 @@
+"""Counting trained tokens and the frequency-table file (safetensors + metadata)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open, save_file
+from tqdm.auto import tqdm
+
+from .errors import FrequencyTableError
+from .weights import token_weights_from_counts
+
+TABLE_FORMAT = "pdl-frequency-table/1"
+TABLE_FILENAME = "pdl_frequency_table.safetensors"
+IGNORE_INDEX = -100
+_REQUIRED_METADATA = ("format", "tokenizer_fingerprint", "total_tokens", "masking", "data_fingerprint")
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """A hash of the token -> id map (added tokens included): two tokenizers that agree on it count alike."""
+    vocab = sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])
+    return hashlib.sha256(json.dumps(vocab, ensure_ascii=False).encode()).hexdigest()[:16]
+
+
+@dataclass
+class FrequencyTable:
+    """How often each vocabulary row is a trained target (label != -100) in a dataset.
+
+    ``counts`` has one int64 entry per row of the model's output embedding, so it indexes directly with labels.
+    """
+
+    counts: torch.Tensor
+    tokenizer_fingerprint: str
+    masking: str
+    data_fingerprint: str
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.counts = torch.as_tensor(self.counts, dtype=torch.int64)
+        if self.counts.dim() != 1:
+            raise FrequencyTableError(f"counts must be a 1-D tensor, got shape {tuple(self.counts.shape)}.")
+        if (self.counts < 0).any():
+            raise FrequencyTableError("counts has negative entries: the table is corrupt. Recount it with pdl-freq.")
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.counts.numel())
+
+    @property
+    def total(self) -> int:
+        return int(self.counts.sum())
+
+    @property
+    def frequencies(self) -> torch.Tensor:
+        """Normalised frequencies (the ``freq`` of equation 3), float64."""
+        return self.counts.to(torch.float64) / max(self.total, 1)
+
+    def weights(
+        self, alpha: float, epsilon: float, normalize: str = "weighted", max_weight: float | None = None
+    ) -> torch.Tensor:
+        return token_weights_from_counts(self.counts, alpha, epsilon, normalize, max_weight)
+
+    # ---- compatibility ---------------------------------------------------------------------------------------------
+
+    def check_compatible(self, tokenizer_fp: str, vocab_size: int, source: str = "the table") -> None:
+        """Refuse a table made for another tokenizer or vocabulary size: its ids would point at other tokens."""
+        if self.tokenizer_fingerprint != tokenizer_fp:
+            raise FrequencyTableError(
+                f"{source} was counted with another tokenizer (fingerprint {self.tokenizer_fingerprint}, this "
+                f"model's tokenizer is {tokenizer_fp}): its token ids mean other tokens. Recount it for this model "
+                "with `pdl-freq --config RECIPE.yaml --output TABLE`, or unset `pdl_freq_path` to count on the "
+                "training set."
+            )
+        if self.vocab_size != vocab_size:
+            raise FrequencyTableError(
+                f"{source} has {self.vocab_size} entries but the model's output embedding has {vocab_size} rows. "
+                "Recount it for this model with `pdl-freq`, or unset `pdl_freq_path` to count on the training set."
+            )
+
+    # ---- file ------------------------------------------------------------------------------------------------------
+
+    def metadata(self) -> dict[str, str]:
+        return {
+            **self.extra,
+            "format": TABLE_FORMAT,
+            "tokenizer_fingerprint": self.tokenizer_fingerprint,
+            "total_tokens": str(self.total),
+            "vocab_size": str(self.vocab_size),
+            "masking": self.masking,
+            "data_fingerprint": self.data_fingerprint,
+        }
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write atomically: a crash leaves either the old file or the new one, never half of one."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / TABLE_FILENAME
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            save_file({"counts": self.counts.contiguous()}, tmp, metadata=self.metadata())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> FrequencyTable:
+        path = Path(path)
+        if path.is_dir():
+            path = path / TABLE_FILENAME
+        if not path.is_file():
+            raise FrequencyTableError(
+                f"No frequency table at {path}. Create one with `pdl-freq --config RECIPE.yaml --output {path}`, "
+                "or unset `pdl_freq_path` to count on the training set."
+            )
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                metadata = handle.metadata() or {}
+            tensors = load_file(str(path))
+        except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+            raise FrequencyTableError(
+                f"{path} is not a readable safetensors frequency table ({err}). It may be truncated or not a table: "
+                "recount it with `pdl-freq`."
+            ) from None
+        missing = [key for key in _REQUIRED_METADATA if key not in metadata]
+        if "counts" not in tensors or missing or metadata.get("format") != TABLE_FORMAT:
+            raise FrequencyTableError(
+                f"{path} is a safetensors file but not a pdl-plugin frequency table (missing "
+                f"{missing or ['counts'] if 'counts' not in tensors else ['format ' + TABLE_FORMAT]}). "
+                "Recount it with `pdl-freq`."
+            )
+        counts = tensors["counts"]
+        if counts.dtype != torch.int64:
+            raise FrequencyTableError(f"{path}: `counts` must be int64, got {counts.dtype}. Recount it with pdl-freq.")
+        table = cls(
+            counts=counts,
+            tokenizer_fingerprint=metadata["tokenizer_fingerprint"],
+            masking=metadata["masking"],
+            data_fingerprint=metadata["data_fingerprint"],
+            extra={k: v for k, v in metadata.items() if k not in _REQUIRED_METADATA and k != "vocab_size"},
+        )
+        if str(table.total) != metadata["total_tokens"]:
+            raise FrequencyTableError(
+                f"{path}: counts sum to {table.total} but the metadata says {metadata['total_tokens']}: the file is "
+                "corrupt. Recount it with `pdl-freq`."
+            )
+        return table
+
+
+# ---- counting --------------------------------------------------------------------------------------------------------
+
+
+def count_label_array(labels: pa.Array, vocab_size: int) -> np.ndarray:
+    """Count the trained targets in a chunk of label lists, vectorised.
+
+    A position is trained when its label is not -100 and it is not the first of its row: a causal LM predicts label
+    ``i`` from positions ``< i``, so the first label of a row is never a target (as in TRL's and transformers' shift).
+    """
+    if isinstance(labels, pa.ChunkedArray):
+        return sum((count_label_array(chunk, vocab_size) for chunk in labels.chunks), np.zeros(vocab_size, np.int64))
+    values = labels.flatten().to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+    lengths = labels.value_lengths().fill_null(0).to_numpy(zero_copy_only=False)
+    trained = values != IGNORE_INDEX
+    row_starts = np.cumsum(lengths) - lengths
+    trained[row_starts[lengths > 0]] = False
+    targets = values[trained]
+    if targets.size and (targets.min() < 0 or targets.max() >= vocab_size):
+        bad = int(targets.min() if targets.min() < 0 else targets.max())
+        raise FrequencyTableError(
+            f"Label id {bad} is outside the model's {vocab_size} output rows. The dataset was tokenized with another "
+            "tokenizer, or the model's embeddings were not resized after adding tokens."
+        )
+    return np.bincount(targets, minlength=vocab_size)
+
+
+def _label_chunks(dataset, batch_size: int) -> Iterator[tuple[pa.Array, int]]:
+    """Yield (labels chunk, rows) for an in-memory or streaming `datasets` dataset, honouring indices mappings."""
+    from datasets import Dataset
+
+    if isinstance(dataset, Dataset):
+        for batch in dataset.select_columns(["labels"]).with_format("arrow").iter(batch_size=batch_size):
+            yield batch["labels"], batch.num_rows
+    else:
+        for batch in dataset.iter(batch_size=batch_size):
+            yield pa.array(batch["labels"], type=pa.list_(pa.int64())), len(batch["labels"])
+
+
+def count_trained_tokens(
+    dataset, vocab_size: int, *, batch_size: int = 4096, desc: str = "Counting trained tokens"
+) -> torch.Tensor:
+    """Counts of trained targets per vocabulary row over a prepared dataset (one with a `labels` column)."""
+    columns = getattr(dataset, "column_names", None)
+    if columns is not None and "labels" not in columns:
+        raise FrequencyTableError(
+            f"The prepared dataset has no `labels` column (columns: {columns}). PDL counts the positions whose label "
+            "is not -100; prepare the dataset with TRL's SFTTrainer or provide `labels`."
+        )
+    counts = np.zeros(vocab_size, dtype=np.int64)
+    total_rows = len(dataset) if hasattr(dataset, "__len__") else None
+    with tqdm(total=total_rows, desc=desc, unit="rows") as progress:
+        for labels, rows in _label_chunks(dataset, batch_size):
+            counts += count_label_array(labels, vocab_size)
+            progress.update(rows)
+    return torch.from_numpy(counts)
+

@@ -1,0 +1,37 @@
+"""The PDL loss on per-token log-probabilities. Pure functions: the trainer decides the denominator."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from .frequency import IGNORE_INDEX
+
+
+def target_weights(labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """``w(y_i)`` at every position, 0 where the label is ignored (-100). ``labels`` are already shifted."""
+    mask = labels != IGNORE_INDEX
+    return weights.to(labels.device)[labels.clamp(min=0)] * mask
+
+
+class PDLSums(NamedTuple):
+    """Sums over the trained tokens of one micro-batch; the loss is ``weighted_nll / denominator``."""
+
+    weighted_nll: torch.Tensor  # sum w(y_i) * -log p(y_i), carries the gradient
+    nll: torch.Tensor  # sum -log p(y_i), detached: the plain cross-entropy numerator
+    weight: torch.Tensor  # sum w(y_i)
+    tokens: torch.Tensor  # number of trained tokens
+
+
+def pdl_sums(log_probs: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> PDLSums:
+    """Per-token log-probs (aligned with the shifted ``labels``) -> the sums PDL and its metrics need."""
+    mask = labels != IGNORE_INDEX
+    w = target_weights(labels, weights).float()
+    nll = -log_probs.float().masked_fill(~mask, 0)
+    return PDLSums(
+        weighted_nll=(w * nll).sum(),
+        nll=nll.detach().sum(),
+        weight=w.detach().sum(),
+        tokens=mask.sum(),
+    )

@@ -1,0 +1,104 @@
+"""Counting trained targets and the table file, against counts written out by hand."""
+
+import pyarrow as pa
+import pytest
+import torch
+from datasets import Dataset
+
+from pdl_plugin import FrequencyTable, FrequencyTableError, count_trained_tokens
+from pdl_plugin.frequency import TABLE_FILENAME, count_label_array
+
+
+def _table(counts=(5, 0, 2, 1), **overrides):
+    fields = {"tokenizer_fingerprint": "tok-a", "masking": "completion_only", "data_fingerprint": "data-1"}
+    return FrequencyTable(torch.tensor(counts), **{**fields, **overrides})
+
+
+def test_counting_skips_ignored_labels_and_the_first_position_of_each_row():
+    labels = pa.array([[3, -100, 1, 1], [-100, 2, 2, 3], [], [0]], type=pa.list_(pa.int64()))
+    # row 0: first label (3) is never a target -> 1, 1 ; row 1: 2, 2, 3 ; row 3: only a first position
+    assert count_label_array(labels, 5).tolist() == [0, 2, 2, 1, 0]
+
+
+def test_counting_a_sliced_chunk_uses_its_own_offsets():
+    labels = pa.array([[9, 9], [4, 1, 2], [4, 2]], type=pa.list_(pa.int64())).slice(1)
+    assert count_label_array(labels, 10).tolist() == [0, 1, 2, 0, 0, 0, 0, 0, 0, 0]
+
+
+def test_counting_a_dataset_honours_its_selection_and_batches():
+    rows = [[-100, 1, 2], [-100, 3, 3], [-100, 4, -100]] * 3
+    dataset = Dataset.from_dict({"labels": rows}).select([0, 1, 3, 7])  # an indices mapping, as after shuffle
+    counts = count_trained_tokens(dataset, 6, batch_size=2)
+    # selected rows 0, 1, 3, 7 = [1, 2], [3, 3], [1, 2], [3, 3]
+    assert counts.tolist() == [0, 2, 2, 4, 0, 0]
+
+
+def test_label_outside_the_vocabulary_is_refused():
+    with pytest.raises(FrequencyTableError, match="outside the model's 4 output rows"):
+        count_label_array(pa.array([[-100, 7]], type=pa.list_(pa.int64())), 4)
+
+
+def test_table_round_trip_keeps_counts_and_metadata(tmp_path):
+    table = _table(extra={"source": "unit-test"})
+    path = table.save(tmp_path / "t.safetensors")
+    loaded = FrequencyTable.load(path)
+    assert loaded.counts.dtype == torch.int64 and loaded.counts.tolist() == [5, 0, 2, 1]
+    assert (loaded.total, loaded.masking, loaded.data_fingerprint) == (8, "completion_only", "data-1")
+    assert loaded.tokenizer_fingerprint == "tok-a" and loaded.extra == {"source": "unit-test"}
+
+
+def test_saving_into_a_directory_uses_the_standard_name(tmp_path):
+    assert _table().save(tmp_path) == tmp_path / TABLE_FILENAME
+
+
+def test_missing_table_names_the_fix(tmp_path):
+    with pytest.raises(FrequencyTableError, match="No frequency table at .*pdl-freq"):
+        FrequencyTable.load(tmp_path / "absent.safetensors")
+
+
+@pytest.mark.parametrize("content", [b"", b"not a safetensors file at all", b"\xff" * 64])
+def test_corrupt_table_is_refused(tmp_path, content):
+    path = tmp_path / "bad.safetensors"
+    path.write_bytes(content)
+    with pytest.raises(FrequencyTableError, match="not a readable safetensors frequency table"):
+        FrequencyTable.load(path)
+
+
+def test_truncated_table_is_refused(tmp_path):
+    path = _table().save(tmp_path / "t.safetensors")
+    path.write_bytes(path.read_bytes()[:-8])
+    with pytest.raises(FrequencyTableError):
+        FrequencyTable.load(path)
+
+
+def test_safetensors_file_that_is_not_a_table_is_refused(tmp_path):
+    from safetensors.torch import save_file
+
+    save_file({"weight": torch.zeros(3)}, tmp_path / "w.safetensors")
+    with pytest.raises(FrequencyTableError, match="not a pdl-plugin frequency table"):
+        FrequencyTable.load(tmp_path / "w.safetensors")
+
+
+def test_other_tokenizer_or_vocabulary_size_is_refused():
+    table = _table()
+    table.check_compatible("tok-a", 4)
+    with pytest.raises(FrequencyTableError, match="another tokenizer"):
+        table.check_compatible("tok-b", 4)
+    with pytest.raises(FrequencyTableError, match="4 entries but the model's output embedding has 6 rows"):
+        table.check_compatible("tok-a", 6)
+
+
+def test_a_crash_while_saving_leaves_the_old_table_and_no_partial_file(tmp_path, monkeypatch):
+    path = _table().save(tmp_path / "t.safetensors")
+    before = path.read_bytes()
+
+    def crash(tensors, filename, metadata=None):
+        with open(filename, "wb") as handle:
+            handle.write(b"half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("pdl_plugin.frequency.save_file", crash)
+    with pytest.raises(KeyboardInterrupt):
+        _table(counts=(1, 1, 1, 1)).save(path)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.safetensors"]
