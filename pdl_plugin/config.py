@@ -67,7 +67,7 @@ class PDLSFTConfig(SFTConfig):
     )
 
     def __post_init__(self):
-        super().__post_init__()
+        # Our checks first: a wrong PDL value is reported even where the base class would refuse something else
         # YAML reads `1e-6` as a string and the CLI passes strings: accept any numeric spelling, refuse the rest
         self.pdl_alpha = _as_number("pdl_alpha", self.pdl_alpha)
         self.pdl_epsilon = _as_number("pdl_epsilon", self.pdl_epsilon)
@@ -80,6 +80,7 @@ class PDLSFTConfig(SFTConfig):
             raise PDLConfigError(f"loss_type must be one of {LOSS_TYPES}, got {self.loss_type!r}.")
         if self.pdl_normalize not in NORMALIZE_MODES:
             raise PDLConfigError(f"pdl_normalize must be one of {NORMALIZE_MODES}, got {self.pdl_normalize!r}.")
+        super().__post_init__()
         if self.loss_type == "pdl" and self.label_smoothing_factor > 0:
             raise PDLConfigError(
                 "loss_type 'pdl' cannot be combined with label_smoothing_factor > 0: label smoothing needs the full "
