@@ -1,0 +1,85 @@
+"""`pdl-freq`: count (or inspect) the frequency table of a recipe's trained tokens.
+
+    pdl-freq --config RECIPE.yaml --output table.safetensors [--plot curves.png] [--top 10] [--key value ...]
+    pdl-freq --config RECIPE.yaml --table table.safetensors [--plot curves.png]     # inspect an existing table
+
+The tokens are prepared by TRL's own preparation code with the recipe's settings, so the table equals the one the
+trainer would count; no model weights are loaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from rich.console import Console
+
+from ..errors import PDLConfigError
+from ..frequency import FrequencyTable, count_trained_tokens, tokenizer_fingerprint
+from ..preparation import prepare_like_sft_trainer
+from ..report import plot_rank_curves, weight_summary_table
+from .recipe import load_recipe_datasets, parse_recipe, run_cli
+
+
+def _own_flags() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pdl-freq", description=__doc__, add_help=False)
+    parser.add_argument("--output", help="where to write the counted table (.safetensors)")
+    parser.add_argument("--table", help="inspect this existing table instead of counting")
+    parser.add_argument("--plot", help="write rank-frequency and rank-weight curves (log-log) to this PNG")
+    parser.add_argument("--top", type=int, default=8, help="how many most down-/up-weighted tokens to print")
+    return parser
+
+
+def count_for_recipe(recipe, tokenizer) -> FrequencyTable:
+    """The table of the recipe's training split, prepared exactly as `PDLSFTTrainer` prepares it."""
+    from transformers import AutoConfig
+
+    train_dataset, _ = load_recipe_datasets(recipe)
+    prepared, masking = prepare_like_sft_trainer(train_dataset, tokenizer, recipe.training)
+    config = AutoConfig.from_pretrained(recipe.model.model_name_or_path, revision=recipe.model.model_revision)
+    vocab_rows = config.get_text_config().vocab_size
+    counts = count_trained_tokens(prepared, vocab_rows)
+    fingerprint = getattr(prepared, "_fingerprint", None) or "unavailable"
+    return FrequencyTable(counts, tokenizer_fingerprint(tokenizer), masking, fingerprint)
+
+
+def freq(argv: list[str]) -> FrequencyTable:
+    from transformers import AutoTokenizer
+
+    flags, rest = _own_flags().parse_known_args(argv)
+    if "--config" not in rest:
+        raise PDLConfigError("usage: pdl-freq --config RECIPE.yaml (--output TABLE | --table TABLE) [--plot PNG]")
+    if not flags.output and not flags.table:
+        raise PDLConfigError("Say where to write the table with `--output PATH`, or inspect one with `--table PATH`.")
+    recipe = parse_recipe(rest)
+    tokenizer = AutoTokenizer.from_pretrained(
+        recipe.model.model_name_or_path,
+        revision=recipe.model.model_revision,
+        trust_remote_code=recipe.training.trust_remote_code,
+    )
+    console = Console()
+    if flags.table:
+        table = FrequencyTable.load(flags.table)
+        table.check_compatible(tokenizer_fingerprint(tokenizer), table.vocab_size, source=f"The table {flags.table}")
+    else:
+        table = count_for_recipe(recipe, tokenizer)
+        if table.total == 0:
+            raise PDLConfigError(
+                "No token of the training set is trained (every label is -100): check the dataset's completion / "
+                "assistant turns, `max_length`, and `completion_only_loss` / `assistant_only_loss`."
+            )
+        console.print(f"Wrote {table.save(flags.output)}")
+    training = recipe.training
+    weights = table.weights(training.pdl_alpha, training.pdl_epsilon, training.pdl_normalize, training.pdl_max_weight)
+    console.print(weight_summary_table(table, weights, tokenizer, k=flags.top))
+    if flags.plot:
+        console.print(f"Plot: {plot_rank_curves(table, weights, training.pdl_alpha, Path(flags.plot))}")
+    return table
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_cli(freq, argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+"""`pdl-sft --config RECIPE.yaml [--key value ...]`: TRL's `trl sft` with `loss_type: pdl` available."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+
+from ..errors import PDLConfigError
+from ..frequency import TABLE_FILENAME
+from ..report import weight_summary_table
+from ..trainer import SETTINGS_FILENAME, PDLSFTTrainer
+from .recipe import load_recipe_datasets, parse_recipe, run_cli
+
+USAGE = "usage: pdl-sft --config RECIPE.yaml [--key value ...]"
+
+
+def train(argv: list[str]) -> PDLSFTTrainer:
+    from trl import get_peft_config, get_quantization_config
+
+    if not argv:
+        raise PDLConfigError(f"{USAGE}. Any field of TRL's SFTConfig, ModelConfig, ScriptArguments and pdl_* works.")
+    recipe = parse_recipe(argv)
+    training, model_args = recipe.training, recipe.model
+    training.model_init_kwargs = {
+        "revision": model_args.model_revision,
+        "trust_remote_code": training.trust_remote_code,
+        "attn_implementation": model_args.attn_implementation,
+        "dtype": model_args.dtype,
+        **(training.model_init_kwargs or {}),
+    }
+    train_dataset, eval_dataset = load_recipe_datasets(recipe)
+    trainer = PDLSFTTrainer(
+        model=model_args.model_name_or_path,
+        args=training,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        quantization_config=get_quantization_config(model_args),
+        peft_config=get_peft_config(model_args),
+    )
+    trainer.train(resume_from_checkpoint=training.resume_from_checkpoint)
+    trainer.save_model(training.output_dir)
+    if trainer.accelerator.is_main_process:
+        _print_summary(trainer)
+    trainer.end()
+    return trainer
+
+
+def _print_summary(trainer: PDLSFTTrainer) -> None:
+    console = Console()
+    output_dir = Path(trainer.args.output_dir).resolve()
+    console.print(f"\n[bold green]Done.[/] Adapter/model saved in {output_dir}")
+    if trainer.pdl_table is None:
+        return
+    args = trainer.args
+    console.print(f"Frequency table: {output_dir / TABLE_FILENAME}\nPDL settings:    {output_dir / SETTINGS_FILENAME}")
+    console.print(
+        f"PDL alpha={args.pdl_alpha} epsilon={args.pdl_epsilon} normalize={args.pdl_normalize} "
+        f"max_weight={args.pdl_max_weight}; {trainer.pdl_table.total:,} trained tokens counted "
+        f"({trainer.pdl_table.masking}), {int((trainer.pdl_table.counts > 0).sum()):,} distinct."
+    )
+    console.print(weight_summary_table(trainer.pdl_table, trainer.pdl_weights, trainer.processing_class))
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_cli(train, argv)
+
+
+if __name__ == "__main__":
+    main()
