@@ -29,6 +29,25 @@ def masking_mode(raw_columns: list[str], assistant_only_loss: bool, completion_o
     return "all_tokens"
 
 
+def check_dataset_columns(columns: list[str], dataset_text_field: str, name: str = "training") -> None:
+    """Refuse, before any work, a dataset whose columns fit none of the formats TRL's SFT preparation reads."""
+    known = {"input_ids", "messages", "conversations", dataset_text_field, "image", "images"}
+    if known & set(columns) or {"prompt", "completion"} <= set(columns):
+        return
+    if "prompt" in columns or "completion" in columns:
+        missing = "completion" if "prompt" in columns else "prompt"
+        raise PDLConfigError(
+            f"The {name} dataset has a `{'prompt' if missing == 'completion' else 'completion'}` column but no "
+            f"`{missing}` column (columns: {columns}). Prompt/completion data needs both; rename the columns with "
+            "`dataset.rename_column(...)` or prepare the data in that format."
+        )
+    raise PDLConfigError(
+        f"The {name} dataset's columns {columns} fit no format the SFT trainer reads: `messages` (conversational: "
+        f"dialogue), `prompt` + `completion` (e.g. summarization, code), or `{dataset_text_field}` (plain text, see "
+        "`dataset_text_field`). Rename the columns, or point `dataset_text_field` at the text column."
+    )
+
+
 @contextlib.contextmanager
 def explain_template_errors() -> Iterator[None]:
     """Turn TRL's errors about chat templates that cannot mark assistant tokens into one message with the fix."""

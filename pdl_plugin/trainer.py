@@ -22,7 +22,7 @@ from .config import PDLSFTConfig
 from .errors import PDLConfigError
 from .frequency import TABLE_FILENAME, FrequencyTable, count_trained_tokens, tokenizer_fingerprint
 from .loss import pdl_sums, target_weights
-from .preparation import explain_template_errors, masking_mode
+from .preparation import check_dataset_columns, explain_template_errors, masking_mode
 from .quantization import guard_cpu_4bit_gradients
 
 logger = logging.getLogger(__name__)
@@ -48,6 +48,8 @@ class PDLSFTTrainer(SFTTrainer):
                 "loss_type 'pdl' computes its own loss: remove `compute_loss_func`, or use loss_type 'nll'."
             )
         raw_columns = get_dataset_column_names(train_dataset) if train_dataset is not None else []
+        if train_dataset is not None and kwargs.get("formatting_func") is None:
+            check_dataset_columns(raw_columns, args.dataset_text_field)
         with explain_template_errors(), _seen_by_trl_as_nll(args):
             super().__init__(model, args=args, train_dataset=train_dataset, **kwargs)
         guarded = guard_cpu_4bit_gradients(self.model)

@@ -239,3 +239,14 @@ def test_compute_loss_func_with_pdl_is_refused(tmp_path, tokenizer, tiny_model, 
     with pytest.raises(PDLConfigError, match="compute_loss_func"):
         PDLSFTTrainer(tiny_model, cpu_args(tmp_path, loss_type="pdl"), prompt_completion, processing_class=tokenizer,
                       compute_loss_func=lambda *a, **k: 0)
+
+
+@pytest.mark.parametrize(
+    ("columns", "message"),
+    [({"prompt": ["a"], "answer": ["b"]}, r"has a `prompt` column but no `completion` column"),
+     ({"document": ["a"], "summary": ["b"]}, r"columns \['document', 'summary'\] fit no format.*`messages`")],
+)
+def test_dataset_without_the_columns_its_task_needs_is_refused(tmp_path, tokenizer, tiny_model, columns, message):
+    with pytest.raises(PDLConfigError, match=message):
+        PDLSFTTrainer(tiny_model, cpu_args(tmp_path, loss_type="pdl"), Dataset.from_dict(columns),
+                      processing_class=tokenizer)

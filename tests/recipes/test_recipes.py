@@ -1,0 +1,48 @@
+"""Every recipe parses with no unknown key; every offline twin trains 2 steps on CPU and leaves adapter and table."""
+
+from pathlib import Path
+
+import pytest
+
+from pdl_plugin import FrequencyTable
+from pdl_plugin.cli.recipe import parse_recipe, read_recipe_file
+from pdl_plugin.cli.sft import train
+
+RECIPES = Path(__file__).parents[2] / "recipes"
+GPU_RECIPES = sorted((RECIPES / "gpu").glob("*.yaml"))
+OFFLINE_RECIPES = sorted((RECIPES / "offline").glob("*.yaml"))
+TASKS = ("summarization", "dialogue", "code")
+
+
+def test_each_task_has_lora_and_qlora_gpu_recipes_and_an_offline_twin():
+    names = {path.stem for path in GPU_RECIPES}
+    assert names >= {f"{task}_{adapter}" for task in TASKS for adapter in ("lora", "qlora")}
+    assert {path.stem.split("_")[0] for path in OFFLINE_RECIPES} >= set(TASKS)
+
+
+@pytest.mark.parametrize("path", GPU_RECIPES, ids=lambda p: p.stem)
+def test_gpu_recipe_fields(path):
+    """No hub here: check the fields only (use_cpu lets the bf16 setting parse on a machine without a GPU)."""
+    read_recipe_file(path)
+    recipe = parse_recipe(["--config", str(path), "--use_cpu", "true"])
+    training, model = recipe.training, recipe.model
+    assert training.loss_type == "pdl" and 0 < training.pdl_alpha <= 1.5
+    assert "/" in model.model_name_or_path and "/" in recipe.script.dataset_name  # hub ids
+    assert model.use_peft and training.bf16 and training.gradient_checkpointing
+    assert model.load_in_4bit == path.stem.endswith("qlora")
+    assert training.max_length and training.per_device_train_batch_size and training.gradient_accumulation_steps
+    assert training.assistant_only_loss == path.stem.startswith("dialogue")
+    assert "Expected peak GPU memory" in path.read_text()
+
+
+@pytest.mark.parametrize("path", OFFLINE_RECIPES, ids=lambda p: p.stem)
+def test_offline_twin_trains_two_steps_and_writes_adapter_and_table(path, tmp_path):
+    trainer = train(["--config", str(path), "--max_steps", "2", "--logging_steps", "1",
+                     "--output_dir", str(tmp_path), "--per_device_train_batch_size", "2",
+                     "--gradient_accumulation_steps", "1"])
+    assert (tmp_path / "adapter_model.safetensors").is_file()
+    table = FrequencyTable.load(tmp_path)
+    assert table.total == trainer.pdl_table.total > 0
+    expected_masking = "assistant_only" if path.stem.startswith("dialogue") else "completion_only"
+    assert table.masking == expected_masking
+    assert [entry["step"] for entry in trainer.state.log_history if "ce_loss" in entry] == [1, 2]
