@@ -66,6 +66,14 @@ class PDLSFTConfig(SFTConfig):
         },
     )
 
+    pdl_alpha_warmup_steps: int = field(
+        default=0,
+        metadata={
+            "help": "Ramp alpha linearly from 0 (plain cross-entropy) to `pdl_alpha` over this many optimizer steps, "
+            "a schedule the paper names as future work. Default 0: full alpha from the first step."
+        },
+    )
+
     def __post_init__(self):
         # Our checks first: a wrong PDL value is reported even where the base class would refuse something else
         # YAML reads `1e-6` as a string and the CLI passes strings: accept any numeric spelling, refuse the rest
@@ -76,6 +84,12 @@ class PDLSFTConfig(SFTConfig):
             if not self.pdl_max_weight > 0:
                 raise PDLConfigError(f"pdl_max_weight must be > 0 or unset, got {self.pdl_max_weight}.")
         check_alpha_epsilon(self.pdl_alpha, self.pdl_epsilon)
+        if isinstance(self.pdl_alpha_warmup_steps, bool) or not isinstance(self.pdl_alpha_warmup_steps, int) or (
+            self.pdl_alpha_warmup_steps < 0
+        ):
+            raise PDLConfigError(
+                f"pdl_alpha_warmup_steps must be a whole number >= 0, got {self.pdl_alpha_warmup_steps!r}."
+            )
         if self.loss_type not in LOSS_TYPES:
             raise PDLConfigError(f"loss_type must be one of {LOSS_TYPES}, got {self.loss_type!r}.")
         if self.pdl_normalize not in NORMALIZE_MODES:
@@ -96,6 +110,7 @@ class PDLSFTConfig(SFTConfig):
             "pdl_epsilon": self.pdl_epsilon,
             "pdl_normalize": self.pdl_normalize,
             "pdl_max_weight": self.pdl_max_weight,
+            "pdl_alpha_warmup_steps": self.pdl_alpha_warmup_steps,
             "pdl_freq_path": self.pdl_freq_path,
         }
 

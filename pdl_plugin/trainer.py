@@ -87,7 +87,8 @@ class PDLSFTTrainer(SFTTrainer):
             )
         self.pdl_table = table
         self.pdl_weights = table.weights(args.pdl_alpha, args.pdl_epsilon, args.pdl_normalize, args.pdl_max_weight)
-        self._pdl_device_weights: torch.Tensor | None = None
+        self._pdl_cached_weights: torch.Tensor | None = None
+        self._pdl_cached_key: tuple | None = None
         self._pdl_totals = {mode: torch.zeros(3, dtype=torch.float64) for mode in ("train", "eval")}
         # The loss is already divided by the whole step's weight sum, so the Trainer must not divide it again
         self.loss_is_scaled_for_ga = True
@@ -106,10 +107,24 @@ class PDLSFTTrainer(SFTTrainer):
 
     # ---- loss ------------------------------------------------------------------------------------------------------
 
-    def _weights_on(self, device: torch.device) -> torch.Tensor:
-        if self._pdl_device_weights is None or self._pdl_device_weights.device != device:
-            self._pdl_device_weights = self.pdl_weights.to(device)
-        return self._pdl_device_weights
+    def pdl_alpha_at(self, step: int) -> float:
+        """The alpha of optimizer step `step`: linear from 0 to `pdl_alpha` over `pdl_alpha_warmup_steps`."""
+        warmup = self.args.pdl_alpha_warmup_steps
+        return self.args.pdl_alpha if step >= warmup else self.args.pdl_alpha * step / warmup
+
+    def _loss_weights(self, device: torch.device, training: bool) -> torch.Tensor:
+        """The weights of the current optimizer step (training, alpha warm-up applied) or the full weights (eval)."""
+        alpha = self.pdl_alpha_at(self.state.global_step) if training else self.args.pdl_alpha
+        key = (alpha, device)
+        if self._pdl_cached_key != key:
+            args = self.args
+            weights = (
+                self.pdl_weights
+                if alpha == args.pdl_alpha
+                else self.pdl_table.weights(alpha, args.pdl_epsilon, args.pdl_normalize, args.pdl_max_weight)
+            )
+            self._pdl_cached_weights, self._pdl_cached_key = weights.to(device), key
+        return self._pdl_cached_weights
 
     def _get_num_items_in_batch(self, batch_samples: list, device: torch.device):
         """The step's denominator: the sum of weights (or count) of its trained tokens, over all ranks."""
@@ -119,7 +134,7 @@ class PDLSFTTrainer(SFTTrainer):
         for batch in batch_samples:
             labels = _shifted_labels(batch).to(device)
             if self.args.pdl_normalize == "weighted":
-                total += target_weights(labels, self._weights_on(device)).sum(dtype=torch.float64)
+                total += target_weights(labels, self._loss_weights(device, training=True)).sum(dtype=torch.float64)
             else:
                 total += (labels != -100).sum()
         if self.args.average_tokens_across_devices and self.args.world_size > 1:
@@ -134,7 +149,8 @@ class PDLSFTTrainer(SFTTrainer):
         if self.aux_loss_enabled:
             inputs["output_router_logits"] = True
         outputs = model(**inputs, fused_lm_head=True)
-        sums = pdl_sums(outputs.log_probs, _shifted_labels(inputs), self._weights_on(outputs.log_probs.device))
+        weights = self._loss_weights(outputs.log_probs.device, training=mode == "train")
+        sums = pdl_sums(outputs.log_probs, _shifted_labels(inputs), weights)
         if num_items_in_batch is None:  # one batch on its own: its weighted mean
             denominator = sums.weight if self.args.pdl_normalize == "weighted" else sums.tokens.float()
             loss = sums.weighted_nll / denominator.clamp(min=torch.finfo(torch.float32).tiny)
@@ -180,6 +196,8 @@ class PDLSFTTrainer(SFTTrainer):
                 prefix = "eval_" if mode == "eval" else ""
                 logs[f"{prefix}ce_loss"] = nll / tokens
                 logs[f"{prefix}pdl_mean_weight"] = weight / tokens
+            if mode == "train" and self.args.pdl_alpha_warmup_steps:
+                logs["pdl_alpha"] = self.pdl_alpha_at(max(self.state.global_step - 1, 0))  # of the step just taken
             self._pdl_totals[mode].zero_()
         super().log(logs, start_time)
 

@@ -250,3 +250,21 @@ def test_dataset_without_the_columns_its_task_needs_is_refused(tmp_path, tokeniz
     with pytest.raises(PDLConfigError, match=message):
         PDLSFTTrainer(tiny_model, cpu_args(tmp_path, loss_type="pdl"), Dataset.from_dict(columns),
                       processing_class=tokenizer)
+
+
+def test_alpha_warmup_starts_as_cross_entropy_and_reaches_alpha(tmp_path, tokenizer, tiny_model, prompt_completion):
+    args = cpu_args(tmp_path, loss_type="pdl", pdl_alpha=1.0, pdl_alpha_warmup_steps=2, max_steps=3,
+                    per_device_train_batch_size=4)
+    trainer = PDLSFTTrainer(tiny_model, args, prompt_completion, processing_class=tokenizer)
+    assert [trainer.pdl_alpha_at(step) for step in (0, 1, 2, 5)] == [0.0, 0.5, 1.0, 1.0]
+    trainer.train()
+    first, second, third = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert [first["pdl_alpha"], second["pdl_alpha"], third["pdl_alpha"]] == [0.0, 0.5, 1.0]
+    assert first["loss"] == pytest.approx(first["ce_loss"], rel=1e-6)  # alpha 0: the weighted mean is the plain mean
+    assert first["pdl_mean_weight"] == pytest.approx(1.0)
+    assert third["pdl_mean_weight"] > 2.0  # eq. (3) weights at alpha 1, no longer all ones
+
+
+def test_bad_alpha_warmup_is_refused(tmp_path):
+    with pytest.raises(PDLConfigError, match="pdl_alpha_warmup_steps"):
+        cpu_args(tmp_path, loss_type="pdl", pdl_alpha_warmup_steps=-1)
