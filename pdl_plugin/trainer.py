@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 from trl import SFTConfig, SFTTrainer
 from trl.data_utils import get_dataset_column_names
 
@@ -104,6 +105,42 @@ class PDLSFTTrainer(SFTTrainer):
         tmp.write_text(json.dumps({**self.args.pdl_settings, "table": TABLE_FILENAME}, indent=2) + "\n")
         tmp.replace(settings_path)
         return table_path, settings_path
+
+    # ---- checkpoints ------------------------------------------------------------------------------------------------
+
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        if self._pdl_active and self.args.should_save:
+            folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            self.save_pdl_artifacts(folder)
+
+    def train(self, resume_from_checkpoint=None, **kwargs):
+        if self._pdl_active and resume_from_checkpoint:
+            self._check_checkpoint_table(resume_from_checkpoint)
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+    def _check_checkpoint_table(self, checkpoint) -> None:
+        """Resuming must keep the weights of the interrupted run: refuse a table or settings that changed since."""
+        if checkpoint is True:
+            checkpoint = get_last_checkpoint(self.args.output_dir)
+            if checkpoint is None:
+                return  # the Trainer itself reports that there is no checkpoint to resume from
+        folder = Path(checkpoint)
+        if not (folder / TABLE_FILENAME).is_file():
+            logger.warning("Checkpoint %s has no PDL table (saved by a non-PDL run?); continuing with this one.", folder)
+            return
+        saved = FrequencyTable.load(folder / TABLE_FILENAME)
+        settings = json.loads((folder / SETTINGS_FILENAME).read_text())
+        changed = [
+            key for key, value in self.args.pdl_settings.items() if key != "pdl_freq_path" and settings.get(key) != value
+        ]
+        if not torch.equal(saved.counts, self.pdl_table.counts) or changed:
+            what = f"the settings {changed}" if changed else "the frequency table (the training data changed)"
+            raise PDLConfigError(
+                f"Cannot resume from {folder}: {what} differ from the interrupted run's, so the loss would change "
+                f"mid-run. Resume with the same data and settings, or with `pdl_freq_path: {folder / TABLE_FILENAME}`, "
+                "or start a new run without `resume_from_checkpoint`."
+            )
 
     # ---- loss ------------------------------------------------------------------------------------------------------
 
