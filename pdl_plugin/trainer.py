@@ -69,6 +69,11 @@ class PDLSFTTrainer(SFTTrainer):
         args = self.args
         if self.accelerator.parallelism_config is not None and self.accelerator.parallelism_config.sp_enabled:
             raise PDLConfigError("loss_type 'pdl' does not support sequence parallelism yet; use data parallelism.")
+        if args.world_size > 1 and not args.average_tokens_across_devices:
+            logger.warning(
+                "average_tokens_across_devices is off: each rank divides by its own weight sum, so the step's loss is "
+                "a mean of per-rank weighted means, not the exact PDL of the whole batch. Turn it on for exactness."
+            )
         vocab_rows = self.model.get_output_embeddings().weight.shape[0]
         tok_fp = tokenizer_fingerprint(self._tokenizer)
         data_fp = getattr(self.train_dataset, "_fingerprint", None) or "unavailable"
