@@ -216,3 +216,25 @@ def count_trained_tokens(
             progress.update(rows)
     return torch.from_numpy(counts)
 
+
+
+def merge_tables(tables: list[FrequencyTable]) -> FrequencyTable:
+    """Add tables counted on disjoint shards of one dataset: the result is the table of the whole."""
+    if not tables:
+        raise FrequencyTableError("No tables to merge: pass at least one table file.")
+    first = tables[0]
+    for other in tables[1:]:
+        other.check_compatible(first.tokenizer_fingerprint, first.vocab_size, source="A table to merge")
+        if other.masking != first.masking:
+            raise FrequencyTableError(
+                f"Cannot merge a table counted with masking {other.masking!r} into one counted with {first.masking!r}: "
+                "they count different tokens. Recount the shards with the same recipe."
+            )
+    parts = "+".join(table.data_fingerprint for table in tables)
+    return FrequencyTable(
+        counts=torch.stack([table.counts for table in tables]).sum(0),
+        tokenizer_fingerprint=first.tokenizer_fingerprint,
+        masking=first.masking,
+        data_fingerprint=hashlib.sha256(parts.encode()).hexdigest()[:16],
+        extra={"merged_from": str(len(tables))},
+    )

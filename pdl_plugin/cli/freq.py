@@ -1,7 +1,12 @@
-"""`pdl-freq`: count (or inspect) the frequency table of a recipe's trained tokens.
+"""`pdl-freq`: count (or inspect, or merge) the frequency table of a recipe's trained tokens.
 
     pdl-freq --config RECIPE.yaml --output table.safetensors [--plot curves.png] [--top 10] [--key value ...]
     pdl-freq --config RECIPE.yaml --table table.safetensors [--plot curves.png]     # inspect an existing table
+    pdl-freq --config RECIPE.yaml --shard 0/4 --output part0.safetensors           # count one shard of four
+    pdl-freq merge --output table.safetensors part0.safetensors part1.safetensors ...
+
+Streaming datasets (`dataset_streaming: true`) are counted batch by batch in bounded memory; `dataset_num_proc`
+parallelises TRL's preparation, which costs far more than the counting itself.
 
 The tokens are prepared by TRL's own preparation code with the recipe's settings, so the table equals the one the
 trainer would count; no model weights are loaded.
@@ -15,7 +20,7 @@ from pathlib import Path
 from rich.console import Console
 
 from ..errors import PDLConfigError
-from ..frequency import FrequencyTable, count_trained_tokens, tokenizer_fingerprint
+from ..frequency import FrequencyTable, count_trained_tokens, merge_tables, tokenizer_fingerprint
 from ..preparation import prepare_like_sft_trainer
 from ..report import plot_rank_curves, weight_summary_table
 from .recipe import load_recipe_datasets, parse_recipe, run_cli
@@ -27,14 +32,41 @@ def _own_flags() -> argparse.ArgumentParser:
     parser.add_argument("--table", help="inspect this existing table instead of counting")
     parser.add_argument("--plot", help="write rank-frequency and rank-weight curves (log-log) to this PNG")
     parser.add_argument("--top", type=int, default=8, help="how many most down-/up-weighted tokens to print")
+    parser.add_argument("--shard", help="count only shard I of N (contiguous) of the training split, as I/N")
     return parser
 
 
-def count_for_recipe(recipe, tokenizer) -> FrequencyTable:
-    """The table of the recipe's training split, prepared exactly as `PDLSFTTrainer` prepares it."""
+def _parse_shard(text: str) -> tuple[int, int]:
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise PDLConfigError(f"--shard takes I/N with whole numbers, e.g. 0/4; got {text!r}.") from None
+    if not 0 <= index < count:
+        raise PDLConfigError(f"--shard {text}: the shard index must be in 0..{count - 1}.")
+    return index, count
+
+
+def merge(argv: list[str]) -> FrequencyTable:
+    parser = argparse.ArgumentParser(prog="pdl-freq merge", add_help=False)
+    parser.add_argument("--output", required=True)
+    parser.add_argument("tables", nargs="+")
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit:
+        raise PDLConfigError("usage: pdl-freq merge --output TABLE PART [PART ...]") from None
+    table = merge_tables([FrequencyTable.load(path) for path in args.tables])
+    Console().print(f"Merged {len(args.tables)} tables ({table.total:,} tokens) into {table.save(args.output)}")
+    return table
+
+
+def count_for_recipe(recipe, tokenizer, shard: tuple[int, int] | None = None) -> FrequencyTable:
+    """The table of the recipe's training split (or one contiguous shard of it), prepared as the trainer prepares it."""
     from transformers import AutoConfig
 
     train_dataset, _ = load_recipe_datasets(recipe)
+    if shard is not None:
+        index, count = shard
+        train_dataset = train_dataset.shard(num_shards=count, index=index, contiguous=True)
     prepared, masking = prepare_like_sft_trainer(train_dataset, tokenizer, recipe.training)
     config = AutoConfig.from_pretrained(recipe.model.model_name_or_path, revision=recipe.model.model_revision)
     vocab_rows = config.get_text_config().vocab_size
@@ -46,9 +78,14 @@ def count_for_recipe(recipe, tokenizer) -> FrequencyTable:
 def freq(argv: list[str]) -> FrequencyTable:
     from transformers import AutoTokenizer
 
+    if argv[:1] == ["merge"]:
+        return merge(argv[1:])
     flags, rest = _own_flags().parse_known_args(argv)
     if "--config" not in rest:
-        raise PDLConfigError("usage: pdl-freq --config RECIPE.yaml (--output TABLE | --table TABLE) [--plot PNG]")
+        raise PDLConfigError(
+            "usage: pdl-freq --config RECIPE.yaml (--output TABLE | --table TABLE) [--plot PNG] [--shard I/N], "
+            "or pdl-freq merge --output TABLE PART [PART ...]"
+        )
     if not flags.output and not flags.table:
         raise PDLConfigError("Say where to write the table with `--output PATH`, or inspect one with `--table PATH`.")
     recipe = parse_recipe(rest)
@@ -62,7 +99,7 @@ def freq(argv: list[str]) -> FrequencyTable:
         table = FrequencyTable.load(flags.table)
         table.check_compatible(tokenizer_fingerprint(tokenizer), table.vocab_size, source=f"The table {flags.table}")
     else:
-        table = count_for_recipe(recipe, tokenizer)
+        table = count_for_recipe(recipe, tokenizer, _parse_shard(flags.shard) if flags.shard else None)
         if table.total == 0:
             raise PDLConfigError(
                 "No token of the training set is trained (every label is -100): check the dataset's completion / "
