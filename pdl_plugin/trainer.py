@@ -22,6 +22,7 @@ from trl.data_utils import get_dataset_column_names
 from .config import PDLSFTConfig
 from .errors import PDLConfigError
 from .frequency import TABLE_FILENAME, FrequencyTable, count_trained_tokens, tokenizer_fingerprint
+from .fused_head import add_pdl_head, pdl_head_unsupported
 from .loss import pdl_sums, target_weights
 from .preparation import check_dataset_columns, explain_template_errors, masking_mode
 from .quantization import guard_cpu_4bit_gradients
@@ -91,6 +92,14 @@ class PDLSFTTrainer(SFTTrainer):
                 "nothing to weight. Check the dataset's completion/assistant turns, `max_length` (prompts may fill "
                 "it) and `completion_only_loss` / `assistant_only_loss`."
             )
+        unsupported = pdl_head_unsupported(_core_model(self.model)) or (
+            "MoE auxiliary loss is on" if self.aux_loss_enabled else None
+        )
+        if unsupported is None:
+            add_pdl_head(_core_model(self.model))
+        else:
+            logger.info("PDL uses TRL's fused LM head (every position scored) because %s.", unsupported)
+        self._pdl_head = unsupported is None
         self.pdl_table = table
         self.pdl_weights = table.weights(args.pdl_alpha, args.pdl_epsilon, args.pdl_normalize, args.pdl_max_weight)
         self._pdl_cached_weights: torch.Tensor | None = None
@@ -190,9 +199,14 @@ class PDLSFTTrainer(SFTTrainer):
         inputs["use_cache"] = False
         if self.aux_loss_enabled:
             inputs["output_router_logits"] = True
-        outputs = model(**inputs, fused_lm_head=True)
+        if self._pdl_head:  # only the trained positions are scored; targets come flattened
+            outputs = model(**inputs, pdl_head=True)
+            targets = outputs.targets
+        else:
+            outputs = model(**inputs, fused_lm_head=True)
+            targets = _shifted_labels(inputs)
         weights = self._loss_weights(outputs.log_probs.device, training=mode == "train")
-        sums = pdl_sums(outputs.log_probs, _shifted_labels(inputs), weights)
+        sums = pdl_sums(outputs.log_probs, targets, weights)
         if num_items_in_batch is None:  # one batch on its own: its weighted mean
             denominator = sums.weight if self.args.pdl_normalize == "weighted" else sums.tokens.float()
             loss = sums.weighted_nll / denominator.clamp(min=torch.finfo(torch.float32).tiny)
@@ -242,6 +256,13 @@ class PDLSFTTrainer(SFTTrainer):
                 logs["pdl_alpha"] = self.pdl_alpha_at(max(self.state.global_step - 1, 0))  # of the step just taken
             self._pdl_totals[mode].zero_()
         super().log(logs, start_time)
+
+
+def _core_model(model):
+    """The transformers model under a PEFT wrapper, where TRL patched its fused head and we patch ours."""
+    from peft import PeftModel
+
+    return model.get_base_model() if isinstance(model, PeftModel) else model
 
 
 def _shifted_labels(batch: dict) -> torch.Tensor:

@@ -73,10 +73,17 @@ def test_counts_of_conversations_are_the_assistant_tokens_with_end_of_turn(tmp_p
     assert got[tokenizer.convert_tokens_to_ids("<|im_end|>")] == 4  # one per assistant turn
 
 
-def test_loss_of_one_batch_is_the_weighted_mean_of_a_direct_formula(tmp_path, tokenizer, tiny_model, prompt_completion):
+@pytest.mark.parametrize("head", ["pdl", "trl"])
+def test_loss_of_one_batch_is_the_weighted_mean_of_a_direct_formula(
+    tmp_path, tokenizer, tiny_model, prompt_completion, monkeypatch, head
+):
+    """Both loss paths: our head on trained positions, and TRL's fused head (used for models ours does not serve)."""
+    if head == "trl":
+        monkeypatch.setattr("pdl_plugin.trainer.pdl_head_unsupported", lambda model: "a test forces TRL's head")
     alpha, eps = 0.7, 1e-6
     args = cpu_args(tmp_path, loss_type="pdl", pdl_alpha=alpha, pdl_epsilon=eps)
     trainer = PDLSFTTrainer(tiny_model, args, prompt_completion, processing_class=tokenizer)
+    assert trainer._pdl_head == (head == "pdl")
     batch = next(iter(trainer.get_train_dataloader()))
     weights = _independent_weights(_prompt_completion_counts(tokenizer), len(tokenizer), alpha, eps)
     torch.testing.assert_close(trainer.pdl_weights.double(), weights, rtol=1e-6, atol=0)
@@ -268,3 +275,11 @@ def test_alpha_warmup_starts_as_cross_entropy_and_reaches_alpha(tmp_path, tokeni
 def test_bad_alpha_warmup_is_refused(tmp_path):
     with pytest.raises(PDLConfigError, match="pdl_alpha_warmup_steps"):
         cpu_args(tmp_path, loss_type="pdl", pdl_alpha_warmup_steps=-1)
+
+
+def test_pdl_head_declines_models_whose_logits_it_would_get_wrong(tiny_model):
+    from pdl_plugin.fused_head import pdl_head_unsupported
+
+    assert pdl_head_unsupported(tiny_model) is None
+    tiny_model.config.final_logit_softcapping = 30.0
+    assert "final_logit_softcapping" in pdl_head_unsupported(tiny_model)

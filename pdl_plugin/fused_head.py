@@ -1,0 +1,72 @@
+"""`model(**inputs, pdl_head=True)`: the backbone, then the LM head and cross-entropy on the trained positions only.
+
+Installed on top of TRL's fused LM head (which it leaves in place for `fused_lm_head=True` and for generation), in
+the same way: the forward is patched on the model, so DDP, FSDP and PEFT wrappers call it through their own forward.
+TRL scores every position on CPU; this scores only the positions whose label is not -100, with
+`pdl_plugin.ops.linear_cross_entropy`, never holding the full logits.
+"""
+
+from __future__ import annotations
+
+import functools
+import types
+from dataclasses import dataclass
+
+import torch
+from transformers.utils import ModelOutput
+
+from .frequency import IGNORE_INDEX
+from .ops import linear_cross_entropy
+
+_LOGIT_SCALING_FIELDS = ("final_logit_softcapping", "logit_scale", "output_multiplier", "lm_head_multiplier",
+                         "logits_scaling")
+
+
+@dataclass
+class PDLHeadOutput(ModelOutput):
+    """Per trained token (flattened, in order): log-prob of the target, the target, entropy and top-1 hit."""
+
+    log_probs: torch.Tensor | None = None
+    targets: torch.Tensor | None = None
+    entropy: torch.Tensor | None = None
+    is_top1: torch.Tensor | None = None
+    label_mask: torch.Tensor | None = None  # (batch, positions): which shifted labels are trained
+
+
+def pdl_head_unsupported(model) -> str | None:
+    """Why the PDL head cannot serve this model (then TRL's fused head does), or None."""
+    config = model.config.get_text_config()
+    for name in _LOGIT_SCALING_FIELDS:
+        if getattr(config, name, None) not in (None, 1, 1.0):
+            return f"its logits are scaled or soft-capped ({name})"
+    if getattr(model.get_output_embeddings(), "bias", None) is not None:
+        return "its LM head has a bias"
+    if getattr(config, "output_router_logits", False):
+        return "it is a mixture of experts with a router loss"
+    return None
+
+
+def add_pdl_head(model) -> None:
+    """Patch `model.forward` so that `pdl_head=True` returns a `PDLHeadOutput`; other calls are unchanged."""
+    previous_forward = model.forward
+
+    @functools.wraps(type(model).forward)
+    def forward(self, *args, pdl_head: bool = False, **kwargs):
+        if not pdl_head:
+            return previous_forward(*args, **kwargs)
+        labels, shift_labels = kwargs.pop("labels", None), kwargs.pop("shift_labels", None)
+        kwargs.pop("num_items_in_batch", None)
+        kwargs["use_cache"] = False
+        hidden = self.base_model(*args, **kwargs).last_hidden_state
+        if shift_labels is None:
+            hidden, labels = hidden[:, :-1], labels[:, 1:]
+        else:
+            labels = shift_labels
+        weight = self.get_output_embeddings().weight
+        hidden, labels = hidden.to(weight.device), labels.to(weight.device)
+        mask = labels != IGNORE_INDEX
+        targets = labels[mask]
+        nll, entropy, is_top1 = linear_cross_entropy(hidden[mask], weight, targets)
+        return PDLHeadOutput(log_probs=-nll, targets=targets, entropy=entropy, is_top1=is_top1, label_mask=mask)
+
+    model.forward = types.MethodType(forward, model)
