@@ -1,0 +1,143 @@
+"""Benchmark 2: memory and time of the loss step (hidden states -> loss, forward + backward) against the naive loss
+of the paper's code (full logits, upcast to float32, per-token cross-entropy times weights): our fused kernel
+(`pdl_plugin.ops.linear_cross_entropy` on the trained positions, what PDLSFTTrainer uses) and, for reference, TRL's
+chunked log-prob function as TRL runs it on CPU (every position) and on GPU (trained positions only).
+
+Each (method, size) runs in its own process so that peak memory is its own; "added memory" is the peak resident
+memory during the step minus the resident memory with the inputs (hidden states, head weight and their gradient
+buffers) already allocated. Times are paired: both methods alternate in one process, median over repetitions.
+
+    python benchmarks/loss_step.py                 # all sizes
+    python benchmarks/loss_step.py --vocab 49152 --tokens 2048
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, __file__.rsplit("/", 1)[0])
+from _common import machine, peak_rss_mb, rss_mb  # noqa: E402
+
+HIDDEN = 2048
+TRAINED_SHARE = 0.5  # half the positions are trained (the rest is prompt), as in typical SFT data
+
+
+def inputs(vocab: int, tokens: int, seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    hidden = (torch.randn(tokens, HIDDEN, generator=generator) * 0.5).to(torch.bfloat16).requires_grad_(True)
+    weight = (torch.randn(vocab, HIDDEN, generator=generator) * 0.02).to(torch.bfloat16).requires_grad_(True)
+    labels = torch.randint(0, vocab, (tokens,), generator=generator)
+    labels[torch.rand(tokens, generator=generator) > TRAINED_SHARE] = -100
+    token_weights = torch.rand(vocab, generator=generator) + 0.1
+    # gradient buffers count as inputs: allocate them before measuring
+    hidden.grad, weight.grad = torch.zeros_like(hidden), torch.zeros_like(weight)
+    return hidden, weight, labels, token_weights
+
+
+def naive(hidden, weight, labels, token_weights):
+    logits = (hidden @ weight.T).float()
+    nll = torch.nn.functional.cross_entropy(logits, labels, reduction="none", ignore_index=-100)
+    w = torch.where(labels == -100, 0.0, token_weights[labels.clamp(min=0)])
+    return (w * nll).sum() / w.sum()
+
+
+def trl_chunked(hidden, weight, labels, token_weights, compact: bool):
+    from trl.trainer.utils import _CHUNKED_LOGPROB_CHUNK_SIZE, _ChunkedLogProbFunction
+
+    mask = labels != -100
+    h, t = (hidden[mask], labels[mask]) if compact else (hidden, labels.clamp(min=0))
+    log_probs = _ChunkedLogProbFunction.apply(h, weight, None, t, 1.0, _CHUNKED_LOGPROB_CHUNK_SIZE, None, 1.0,
+                                              ("log_probs",))[0]
+    if not compact:
+        log_probs = log_probs.masked_fill(~mask, 0)
+    w = token_weights[t] if compact else torch.where(mask, token_weights[labels.clamp(min=0)], 0.0)
+    return (w * -log_probs).sum() / w.sum()
+
+
+def pdl_fused(hidden, weight, labels, token_weights):
+    from pdl_plugin.ops import linear_cross_entropy
+
+    mask = labels != -100
+    targets = labels[mask]
+    nll, _, _ = linear_cross_entropy(hidden[mask], weight, targets)
+    w = token_weights[targets]
+    return (w * nll).sum() / w.sum()
+
+
+METHODS = {
+    "naive": naive,
+    "trl_all_positions": lambda *a: trl_chunked(*a, compact=False),  # what TRL does on CPU
+    "trl_trained_only": lambda *a: trl_chunked(*a, compact=True),  # what TRL does on GPU (Triton devices)
+    "pdl_fused": pdl_fused,  # pdl_plugin.ops.linear_cross_entropy on trained positions: what PDLSFTTrainer uses
+}
+
+
+def step(method: str, tensors) -> float:
+    start = time.perf_counter()
+    METHODS[method](*tensors).backward()
+    return time.perf_counter() - start
+
+
+def child_memory(method: str, vocab: int, tokens: int) -> None:
+    tensors = inputs(vocab, tokens)
+    base = rss_mb()
+    step(method, tensors)
+    print(json.dumps({"added_mb": peak_rss_mb() - base}))
+
+
+def child_time(vocab: int, tokens: int, repeats: int) -> None:
+    tensors = inputs(vocab, tokens)
+    for method in METHODS:  # warm-up
+        step(method, tensors)
+    times = {method: [] for method in METHODS}
+    for _ in range(repeats):
+        for method in METHODS:
+            times[method].append(step(method, tensors))
+    print(json.dumps(times))
+
+
+def run_child(*args) -> dict:
+    result = subprocess.run([sys.executable, __file__, "--child", *map(str, args)], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(result.stderr[-2000:])
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--vocab", type=int, nargs="*", default=[49152, 128256, 151936])
+    parser.add_argument("--tokens", type=int, nargs="*", default=[2048, 8192])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--child", nargs="*")
+    args = parser.parse_args()
+    if args.child:
+        kind, *rest = args.child
+        if kind == "memory":
+            child_memory(rest[0], int(rest[1]), int(rest[2]))
+        else:
+            child_time(int(rest[0]), int(rest[1]), int(rest[2]))
+        return
+    print(f"Machine: {machine()}; hidden size {HIDDEN}, bf16 inputs, {TRAINED_SHARE:.0%} of positions trained\n")
+    print("| vocab | tokens | method | added memory (MB) | memory / naive | time (s, median) | time / naive (median, min, max) |")
+    print("|---|---|---|---|---|---|---|")
+    for vocab in args.vocab:
+        for tokens in args.tokens:
+            memory = {method: run_child("memory", method, vocab, tokens)["added_mb"] for method in METHODS}
+            times = run_child("time", vocab, tokens, args.repeats)
+            for method in METHODS:
+                ratios = [t / n for t, n in zip(times[method], times["naive"])]
+                ratios.sort()
+                median = ratios[len(ratios) // 2]
+                print(f"| {vocab} | {tokens} | {method} | {memory[method]:.0f} | {memory[method] / memory['naive']:.3f} "
+                      f"| {sorted(times[method])[len(ratios) // 2]:.2f} | {median:.2f} ({ratios[0]:.2f}, {ratios[-1]:.2f}) |",
+                      flush=True)
+
+
+if __name__ == "__main__":
+    main()
