@@ -1,0 +1,100 @@
+"""`pdl-compare --config RECIPE.yaml --alphas 0,0.25,0.5,1.0 [--seeds 0,1] [--alpha_warmup_steps N]`.
+
+Trains one adapter per alpha (alpha 0 is the cross-entropy baseline, run as `loss_type: pdl` with alpha 0 so it saves
+the same training table) and seed, with the same data, steps and seeds, evaluates each like `pdl-eval`, and writes a
+markdown report with metric tables (mean ± sd over seeds), loss curves and the generated tokens' frequency-rank
+distribution against the references'. `--alpha_warmup_steps N` adds one arm whose alpha ramps from 0 over N steps.
+Resumable: finished runs are not redone. Any other `--key value` is passed on to the recipe (e.g. `--max_steps 10`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import time
+from pathlib import Path
+
+from rich.console import Console
+
+from ..errors import PDLConfigError
+from .eval import _Parser, eval_arguments, settings_from
+from .recipe import parse_recipe, run_cli
+
+USAGE = ("pdl-compare --config RECIPE.yaml --alphas 0,0.25,0.5,1.0 [--seeds 0,1] [--alpha_warmup_steps N] "
+         "[--outdir DIR] [--report FILE.md] [--report_only] [eval options] [--recipe_key value ...]")
+
+_OVERRIDES_REFUSED = ("--output_dir", "--pdl_alpha", "--seed", "--loss_type", "--pdl_alpha_warmup_steps")
+
+
+def compare(argv: list[str]) -> Path:
+    from ..eval.compare import Arm, parse_alphas, parse_seeds, run_dir, run_one, write_report
+
+    parser = eval_arguments(_Parser(prog="pdl-compare", usage=USAGE))
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--alphas", default="0,0.25,0.5,1.0")
+    parser.add_argument("--seeds", default="0,1")
+    parser.add_argument("--alpha_warmup_steps", type=int, default=0,
+                        help="add one arm at --warmup_alpha whose alpha ramps from 0 over this many steps")
+    parser.add_argument("--warmup_alpha", type=float, default=None, help="default: the largest of --alphas")
+    parser.add_argument("--outdir", default="outputs/pdl-compare")
+    parser.add_argument("--task", default=None, help="default: the recipe's file name without _lora/_qlora")
+    parser.add_argument("--report", default=None, help="default: OUTDIR/TASK/report.md")
+    parser.add_argument("--report_only", action="store_true", help="only rebuild the report from finished runs")
+    options, overrides = parser.parse_known_args(argv)
+    refused = [flag for flag in overrides if flag.split("=")[0] in _OVERRIDES_REFUSED]
+    if refused:
+        raise PDLConfigError(f"pdl-compare sets {refused[0]} itself for each run (use --alphas, --seeds, --outdir).")
+    alphas, seeds = parse_alphas(options.alphas), parse_seeds(options.seeds)
+    if options.alpha_warmup_steps < 0:
+        raise PDLConfigError(f"--alpha_warmup_steps must be >= 0, got {options.alpha_warmup_steps}.")
+    arms = [Arm(alpha) for alpha in alphas]
+    if options.alpha_warmup_steps:
+        warmup_alpha = options.warmup_alpha if options.warmup_alpha is not None else max(alphas)
+        if not warmup_alpha > 0:
+            raise PDLConfigError("The warm-up arm needs an alpha > 0: set --warmup_alpha or a positive --alphas.")
+        arms.append(Arm(warmup_alpha, options.alpha_warmup_steps))
+    recipe = parse_recipe(["--config", options.config, *overrides])  # fails early on a bad recipe or override
+    task = options.task or Path(options.config).stem.removesuffix("_lora").removesuffix("_qlora")
+    task_dir = Path(options.outdir) / task
+    report = Path(options.report) if options.report else task_dir / "report.md"
+    command = "pdl-compare " + shlex.join(_study_argv(argv))
+    console = Console()
+    if not options.report_only:
+        settings = settings_from(options, recipe)
+        reference_alpha = options.reference_alpha if options.reference_alpha is not None else recipe.training.pdl_alpha
+        plan = [(arm, seed) for arm in arms for seed in seeds]
+        for index, (arm, seed) in enumerate(plan, 1):
+            folder = run_dir(options.outdir, task, arm, seed)
+            if (folder / "done").is_file():
+                console.print(f"[{index}/{len(plan)}] {task} {arm.name} seed {seed}: done already, skipped")
+                continue
+            console.print(f"[bold][{index}/{len(plan)}] {task} {arm.name} seed {seed}[/]: {folder}")
+            started = time.perf_counter()
+            run_one(options.config, overrides, folder, arm, seed, settings, reference_alpha, log=console.print)
+            console.print(f"[{index}/{len(plan)}] finished in {time.perf_counter() - started:.0f} s")
+    path = write_report(task, task_dir, report, command)
+    console.print(f"Report: {path}")
+    return path
+
+
+def _study_argv(argv: list[str]) -> list[str]:
+    """The command that made the runs: `--report_only` and `--report PATH` only redraw the report."""
+    shown, skip = [], False
+    for item in argv:
+        if skip:
+            skip = False
+        elif item == "--report_only" or item.startswith("--report="):
+            continue
+        elif item == "--report":
+            skip = True
+        else:
+            shown.append(item)
+    return shown
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_cli(compare, argv)
+
+
+if __name__ == "__main__":
+    main()

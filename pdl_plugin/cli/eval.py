@@ -1,0 +1,105 @@
+"""`pdl-eval --adapter DIR --config RECIPE.yaml`: generate on the recipe's validation prompts and score them.
+
+Reports, against the references: ROUGE-L, distinct-1/2, repetition, mean self-information of the generated tokens
+under the TRAINING frequency table, rare-token recall, validation cross-entropy and PDL, and for code the parse rate
+(pass@1 when the data ships a `test` column). Writes JSON and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from rich.console import Console
+
+from ..errors import PDLConfigError
+from ..frequency import TABLE_FILENAME, FrequencyTable
+from .recipe import parse_recipe, run_cli
+
+USAGE = "pdl-eval --adapter DIR --config RECIPE.yaml [--output FILE.json] [options] [--recipe_key value ...]"
+
+
+class _Parser(argparse.ArgumentParser):
+    def __init__(self, **kwargs):
+        super().__init__(allow_abbrev=False, **kwargs)  # an abbreviation must not swallow a recipe override
+
+    def error(self, message):
+        raise PDLConfigError(f"{message}. Usage: {USAGE}")
+
+
+def eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The generation/evaluation options shared by pdl-eval and pdl-compare."""
+    parser.add_argument("--max_prompts", type=int, default=48, help="validation prompts to generate on (first N)")
+    parser.add_argument("--max_new_tokens", type=int, default=64)
+    parser.add_argument("--eval_batch_size", type=int, default=16)
+    parser.add_argument("--eval_seed", type=int, default=None, help="sampling seed (default: the recipe's seed)")
+    parser.add_argument("--temperature", type=float, default=0.7)
+    parser.add_argument("--top_p", type=float, default=0.95)
+    parser.add_argument("--no_sampled", action="store_true", help="greedy only")
+    parser.add_argument("--reference_alpha", type=float, default=None,
+                        help="alpha of the reported validation PDL (default: the recipe's pdl_alpha)")
+    return parser
+
+
+def settings_from(options, recipe):
+    from ..eval.evaluate import EvalSettings
+
+    for name in ("max_prompts", "max_new_tokens", "eval_batch_size"):
+        if getattr(options, name) < 1:
+            raise PDLConfigError(f"--{name} must be >= 1, got {getattr(options, name)}.")
+    if options.temperature <= 0 or not 0 < options.top_p <= 1:
+        raise PDLConfigError("--temperature must be > 0 and --top_p in (0, 1].")
+    return EvalSettings(
+        max_prompts=options.max_prompts, max_new_tokens=options.max_new_tokens, batch_size=options.eval_batch_size,
+        seed=options.eval_seed if options.eval_seed is not None else recipe.training.seed,
+        temperature=options.temperature, top_p=options.top_p, sampled=not options.no_sampled,
+        reference_alpha=options.reference_alpha,
+    )
+
+
+def evaluate_cli(argv: list[str]) -> dict:
+    from ..eval.evaluate import evaluate_model, format_table, load_for_eval
+
+    parser = eval_arguments(_Parser(prog="pdl-eval", usage=USAGE))
+    parser.add_argument("--adapter", required=True, help="output_dir of a pdl-sft run (LoRA adapter or full model)")
+    parser.add_argument("--config", required=True, help="the recipe the adapter was trained with")
+    parser.add_argument("--table", default=None, help=f"training frequency table (default: ADAPTER/{TABLE_FILENAME})")
+    parser.add_argument("--output", default=None, help="JSON file to write (default: ADAPTER/eval.json)")
+    options, overrides = parser.parse_known_args(argv)
+    recipe = parse_recipe(["--config", options.config, *overrides])
+    table_path = Path(options.table) if options.table else Path(options.adapter) / TABLE_FILENAME
+    if not table_path.is_file():
+        raise PDLConfigError(
+            f"No training frequency table at {table_path}: self-information, rare-token recall and validation PDL need "
+            "the table of the TRAINING data. Train with `loss_type: pdl` (alpha 0 is plain cross-entropy and saves "
+            "one), or count one with `pdl-freq --config RECIPE.yaml --output TABLE` and pass `--table TABLE`."
+        )
+    table = FrequencyTable.load(table_path)
+    settings = settings_from(options, recipe)
+    model, tokenizer = load_for_eval(options.adapter, recipe)
+    result = evaluate_model(model, tokenizer, recipe, table, settings)
+    result["adapter"] = str(options.adapter)
+    output = Path(options.output) if options.output else Path(options.adapter) / "eval.json"
+    write_json(output, result)
+    console = Console()
+    console.print(format_table(result))
+    console.print(f"Results: {output}")
+    return result
+
+
+def write_json(path: Path, data: dict) -> Path:
+    """Atomic JSON write (NaN kept as JSON `NaN`, which Python's json reads back)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_cli(evaluate_cli, argv)
+
+
+if __name__ == "__main__":
+    main()
