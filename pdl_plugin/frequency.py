@@ -190,12 +190,30 @@ def _label_chunks(dataset, batch_size: int) -> Iterator[tuple[pa.Array, int]]:
     """Yield (labels chunk, rows) for an in-memory or streaming `datasets` dataset, honouring indices mappings."""
     from datasets import Dataset
 
-    if isinstance(dataset, Dataset):
+    if isinstance(dataset, Dataset) and _reorders_whole_table(dataset):
+        # A shuffle only reorders rows and counts ignore order: read the stored column without gathering rows
+        labels = dataset.data.table.column("labels")
+        for start in range(0, len(labels), batch_size):
+            chunk = labels.slice(start, batch_size)
+            yield chunk, len(chunk)
+    elif isinstance(dataset, Dataset):
         for batch in dataset.select_columns(["labels"]).with_format("arrow").iter(batch_size=batch_size):
             yield batch["labels"], batch.num_rows
     else:
         for batch in dataset.iter(batch_size=batch_size):
             yield pa.array(batch["labels"], type=pa.list_(pa.int64())), len(batch["labels"])
+
+
+def _reorders_whole_table(dataset) -> bool:
+    """True when the dataset's rows are every stored row exactly once (no mapping, or a permutation of them)."""
+    indices = dataset._indices  # datasets' indices mapping (shuffle, select, filter); None when rows are stored in order
+    if indices is None:
+        return True
+    stored = dataset.data.num_rows
+    if len(indices) != stored:
+        return False
+    order = indices.column(0).to_numpy()
+    return bool(np.array_equal(np.sort(order), np.arange(stored)))
 
 
 def count_trained_tokens(
@@ -215,7 +233,6 @@ def count_trained_tokens(
             counts += count_label_array(labels, vocab_size)
             progress.update(rows)
     return torch.from_numpy(counts)
-
 
 
 def merge_tables(tables: list[FrequencyTable]) -> FrequencyTable:

@@ -102,3 +102,17 @@ def test_a_crash_while_saving_leaves_the_old_table_and_no_partial_file(tmp_path,
         _table(counts=(1, 1, 1, 1)).save(path)
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.safetensors"]
+
+
+def test_counting_a_shuffled_dataset_reads_the_stored_column_and_counts_the_same():
+    rows = [[-100, i % 7, (i * 3) % 7] for i in range(50)]
+    dataset = Dataset.from_dict({"labels": rows})
+    shuffled = dataset.shuffle(seed=1)
+    assert shuffled._indices is not None
+    assert count_trained_tokens(shuffled, 7).tolist() == count_trained_tokens(dataset, 7).tolist()
+    subset = shuffled.select(range(10))  # a mapping that is not a permutation: rows are gathered
+    expected = [0] * 7
+    for row in subset["labels"]:
+        for label in row[1:]:
+            expected[label] += 1
+    assert count_trained_tokens(subset, 7, batch_size=3).tolist() == expected
