@@ -91,13 +91,13 @@ def child_memory(method: str, vocab: int, tokens: int) -> None:
     print(json.dumps({"added_mb": peak_rss_mb() - base}))
 
 
-def child_time(vocab: int, tokens: int, repeats: int) -> None:
+def child_time(vocab: int, tokens: int, repeats: int, methods: list[str]) -> None:
     tensors = inputs(vocab, tokens)
-    for method in METHODS:  # warm-up
+    for method in methods:  # warm-up
         step(method, tensors)
-    times = {method: [] for method in METHODS}
+    times = {method: [] for method in methods}
     for _ in range(repeats):
-        for method in METHODS:
+        for method in methods:
             times[method].append(step(method, tensors))
     print(json.dumps(times))
 
@@ -114,6 +114,8 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, nargs="*", default=[49152, 128256, 151936])
     parser.add_argument("--tokens", type=int, nargs="*", default=[2048, 8192])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--methods", nargs="*", default=list(METHODS), choices=list(METHODS),
+                        help="which methods to run besides naive")
     parser.add_argument("--child", nargs="*")
     args = parser.parse_args()
     if args.child:
@@ -121,16 +123,17 @@ def main() -> None:
         if kind == "memory":
             child_memory(rest[0], int(rest[1]), int(rest[2]))
         else:
-            child_time(int(rest[0]), int(rest[1]), int(rest[2]))
+            child_time(int(rest[0]), int(rest[1]), int(rest[2]), rest[3].split(","))
         return
     print(f"Machine: {machine()}; hidden size {HIDDEN}, bf16 inputs, {TRAINED_SHARE:.0%} of positions trained\n")
     print("| vocab | tokens | method | added memory (MB) | memory / naive | time (s, median) | time / naive (median, min, max) |")
     print("|---|---|---|---|---|---|---|")
     for vocab in args.vocab:
         for tokens in args.tokens:
-            memory = {method: run_child("memory", method, vocab, tokens)["added_mb"] for method in METHODS}
-            times = run_child("time", vocab, tokens, args.repeats)
-            for method in METHODS:
+            methods = ["naive", *(m for m in args.methods if m != "naive")]
+            memory = {method: run_child("memory", method, vocab, tokens)["added_mb"] for method in methods}
+            times = run_child("time", vocab, tokens, args.repeats, ",".join(methods))
+            for method in methods:
                 ratios = [t / n for t, n in zip(times[method], times["naive"])]
                 ratios.sort()
                 median = ratios[len(ratios) // 2]
