@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from trl import SFTConfig
 
 from .errors import PDLConfigError
-from .weights import NORMALIZE_MODES, check_alpha_epsilon
+from .weights import NORMALIZE_MODES, as_number, check_alpha_epsilon
 
 LOSS_TYPES = ("nll", "dft", "pdl")
 
@@ -77,10 +77,10 @@ class PDLSFTConfig(SFTConfig):
     def __post_init__(self):
         # Our checks first: a wrong PDL value is reported even where the base class would refuse something else
         # YAML reads `1e-6` as a string and the CLI passes strings: accept any numeric spelling, refuse the rest
-        self.pdl_alpha = _as_number("pdl_alpha", self.pdl_alpha)
-        self.pdl_epsilon = _as_number("pdl_epsilon", self.pdl_epsilon)
+        self.pdl_alpha = as_number("pdl_alpha", self.pdl_alpha)
+        self.pdl_epsilon = as_number("pdl_epsilon", self.pdl_epsilon)
         if self.pdl_max_weight is not None:
-            self.pdl_max_weight = _as_number("pdl_max_weight", self.pdl_max_weight)
+            self.pdl_max_weight = as_number("pdl_max_weight", self.pdl_max_weight)
             if not self.pdl_max_weight > 0:
                 raise PDLConfigError(f"pdl_max_weight must be > 0 or unset, got {self.pdl_max_weight}.")
         check_alpha_epsilon(self.pdl_alpha, self.pdl_epsilon)
@@ -113,14 +113,3 @@ class PDLSFTConfig(SFTConfig):
             "pdl_alpha_warmup_steps": self.pdl_alpha_warmup_steps,
             "pdl_freq_path": self.pdl_freq_path,
         }
-
-
-def _as_number(name: str, value) -> float:
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            raise PDLConfigError(f"{name} must be a number, got {value!r}. Write e.g. `{name}: 0.5`.") from None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise PDLConfigError(f"{name} must be a number, got {value!r}. Write e.g. `{name}: 0.5`.")
-    return float(value)

@@ -21,6 +21,18 @@ def pdl_weights(freq: torch.Tensor, alpha: float, epsilon: float) -> torch.Tenso
     return (freq + epsilon).pow(-alpha).to(torch.float32)
 
 
+def as_number(name: str, value) -> float:
+    """A recipe value as a float: YAML reads `1e-6` as a string and the CLI passes strings; refuse anything else."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            raise PDLConfigError(f"{name} must be a number, got {value!r}. Write e.g. `{name}: 0.5`.") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise PDLConfigError(f"{name} must be a number, got {value!r}. Write e.g. `{name}: 0.5`.")
+    return float(value)
+
+
 def check_alpha_epsilon(alpha: float, epsilon: float) -> None:
     """Refuse values that would silently turn PDL into something else (negative alpha up-weights frequent tokens)."""
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):

@@ -17,7 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, model_validator
 
 from ..errors import PDLConfigError
-from ..weights import NORMALIZE_MODES, check_alpha_epsilon
+from ..weights import NORMALIZE_MODES, as_number, check_alpha_epsilon
 
 LOSS_TYPES = ("nll", "pdl")
 
@@ -112,7 +112,7 @@ def validate_pdl_settings(data: dict) -> dict:
     data = dict(data)
     for key in ("pdl_alpha", "pdl_epsilon", "pdl_max_weight"):
         if data.get(key) is not None:
-            data[key] = _as_number(key, data[key])
+            data[key] = as_number(key, data[key])
     alpha, epsilon = data.get("pdl_alpha"), data.get("pdl_epsilon")
     check_alpha_epsilon(PDL_DEFAULTS["pdl_alpha"] if alpha is None else alpha, 1e-6 if epsilon is None else epsilon)
     max_weight = data.get("pdl_max_weight")
@@ -166,14 +166,3 @@ def pdl_conflicts(data: dict) -> list[str]:
             "count a table with `axolotl pdl-freq` on a sample and set `pdl_freq_path`"
         )
     return found
-
-
-def _as_number(name: str, value: Any) -> float:
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            raise PDLConfigError(f"{name} must be a number, got {value!r}. Write e.g. `{name}: 0.5`.") from None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise PDLConfigError(f"{name} must be a number, got {value!r}. Write e.g. `{name}: 0.5`.")
-    return float(value)
