@@ -23,6 +23,7 @@ from . import metrics
 DONE = "done"
 TRAIN_FILE = "train.json"
 RESULTS_FILE = "results.json"
+BASE_FILE = "base-model.json"  # optional: `pdl-eval` of the untrained base model, shown as one more row
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,7 @@ def run_one(config: str, overrides: list[str], folder: Path, arm: Arm, seed: int
 VALIDATION_COLUMNS = [("ce", "val CE", False), ("pdl", "val PDL", False)]
 GENERATION_COLUMNS = [
     ("rouge_l", "ROUGE-L", True),
+    ("rouge_l_first_line", "ROUGE-L 1st line", True),
     ("distinct_1", "distinct-1", True),
     ("distinct_2", "distinct-2", True),
     ("repetition_3", "rep-3", False),
@@ -120,6 +122,7 @@ GENERATION_COLUMNS = [
     ("hit_token_limit", "hit limit", None),
     ("parse_rate", "parses", True),
     ("parse_rate_finished", "parses (finished)", True),
+    ("body_parse_rate", "body parses (cut)", True),
     ("pass_at_1", "pass@1", True),
 ]
 
@@ -132,8 +135,22 @@ def load_runs(task_dir: Path) -> dict[str, list[dict]]:
         result = json.loads((folder / RESULTS_FILE).read_text())
         train_info = json.loads((folder / TRAIN_FILE).read_text())
         result["train"] = train_info
+        _fill_text_metrics(result)
         runs.setdefault(result["arm"], []).append(result)
     return dict(sorted(runs.items(), key=lambda kv: (kv[1][0]["warmup_steps"] > 0, kv[1][0]["alpha"])))
+
+
+def _fill_text_metrics(result: dict) -> None:
+    """Text-only metrics added after a run was evaluated, recomputed from its stored generations when missing."""
+    samples = result.get("samples") or []
+    references = [metrics.first_line(s["reference"]) for s in samples]
+    code = any("parse_rate" in scored for scored in result["generation"].values())
+    for mode, scored in result["generation"].items():
+        texts = [s[mode] for s in samples]
+        if texts and "rouge_l_first_line" not in scored:
+            scored["rouge_l_first_line"] = metrics.rouge_l([metrics.first_line(t) for t in texts], references)
+        if texts and code and "body_parse_rate" not in scored:
+            scored["body_parse_rate"] = float(np.mean([metrics.body_parses(t) for t in texts]))
 
 
 def cell(values: list[float], digits: int = 3) -> str:
@@ -145,7 +162,7 @@ def cell(values: list[float], digits: int = 3) -> str:
     return f"{stats['mean']:.{digits}f} ± {stats['sd']:.{digits}f}"
 
 
-def metric_table(runs: dict[str, list[dict]], mode: str) -> str:
+def metric_table(runs: dict[str, list[dict]], mode: str, base: dict | None = None) -> str:
     present = [c for c in GENERATION_COLUMNS if any(c[0] in r["generation"][mode] for rs in runs.values() for r in rs)]
     head = ["arm", "seeds"] + ([t for _, t, _ in VALIDATION_COLUMNS] if mode == "greedy" else []) + [t for _, t, _ in present]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -154,6 +171,12 @@ def metric_table(runs: dict[str, list[dict]], mode: str) -> str:
         if mode == "greedy":
             row += [cell([r["validation"][key] for r in results]) for key, _, _ in VALIDATION_COLUMNS]
         row += [cell([r["generation"][mode].get(key, math.nan) for r in results]) for key, _, _ in present]
+        lines.append("| " + " | ".join(row) + " |")
+    if base is not None and mode in base["generation"]:
+        row = ["base model, no finetuning (pdl-eval)", "1"]
+        if mode == "greedy":
+            row += [cell([base["validation"][key]]) for key, _, _ in VALIDATION_COLUMNS]
+        row += [cell([base["generation"][mode].get(key, math.nan)]) for key, _, _ in present]
         lines.append("| " + " | ".join(row) + " |")
     first = next(iter(runs.values()))[0]
     refs = first["references"]
@@ -168,35 +191,56 @@ def _arm_label(result: dict) -> str:
     return Arm(result["alpha"], result["warmup_steps"]).label
 
 
+def _curve(result: dict, key: str) -> dict[int, float]:
+    return {e["step"]: e[key] for e in result["train"]["log_history"] if key in e and "step" in e}
+
+
 def plot_loss_curves(runs: dict[str, list[dict]], path: Path) -> Path:
+    """Training CE and loss per step (mean over seeds, band = seed range), and each arm's training CE minus the
+    baseline's on the same seed: same seed, same batches, so the batch-to-batch noise cancels."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    figure, (left, middle, right) = plt.subplots(1, 3, figsize=(16, 4.4))
+    baseline = next((results for results in runs.values() if results[0]["alpha"] == 0), None)
+    baseline_by_seed = {r["seed"]: _curve(r, "ce_loss") for r in baseline} if baseline else {}
+
+    def band(axis, curves, label, color=None):
+        steps = sorted(set.intersection(*[set(c) for c in curves])) if curves else []
+        if not steps:
+            return None
+        values = np.array([[c[s] for s in steps] for c in curves])
+        line, = axis.plot(steps, values.mean(0), marker=".", label=label, color=color)
+        if len(curves) > 1:
+            axis.fill_between(steps, values.min(0), values.max(0), alpha=0.15, color=line.get_color())
+        return line.get_color()
+
     for name, results in runs.items():
-        for axis, key in ((left, "ce_loss"), (right, "loss")):
-            curves = [[(e["step"], e[key]) for e in r["train"]["log_history"] if key in e and "step" in e]
-                      for r in results]
-            curves = [c for c in curves if c]
-            if not curves:
-                continue
-            steps = [s for s, _ in curves[0]]
-            length = min(len(c) for c in curves)
-            values = np.array([[v for _, v in c[:length]] for c in curves])
-            line, = axis.plot(steps[:length], values.mean(0), marker=".", label=_arm_label(results[0]))
-            if len(curves) > 1:
-                axis.fill_between(steps[:length], values.min(0), values.max(0), alpha=0.15, color=line.get_color())
-    left.set(xlabel="optimizer step", ylabel="cross-entropy of the trained tokens",
-             title="Training cross-entropy (mean, band = seed range)")
-    right.set(xlabel="optimizer step", ylabel="training loss", title="Training loss (each arm's own PDL)")
-    for axis in (left, right):
+        label = _arm_label(results[0])
+        color = band(left, [_curve(r, "ce_loss") for r in results], label)
+        band(middle, [_curve(r, "loss") for r in results], label, color)
+        paired = []
+        for r in results:
+            base = baseline_by_seed.get(r["seed"])
+            if base is not None:
+                ce = _curve(r, "ce_loss")
+                paired.append({s: ce[s] - base[s] for s in ce if s in base})
+        if paired:
+            band(right, paired, label, color)
+    left.set(xlabel="optimizer step", ylabel="cross-entropy of the step's trained tokens",
+             title="Training cross-entropy (mean over seeds, band = range)")
+    middle.set(xlabel="optimizer step", ylabel="training loss", title="Training loss (each arm's own PDL)")
+    right.axhline(0, color="grey", linewidth=0.8)
+    right.set(xlabel="optimizer step", ylabel="CE minus the alpha-0 run's CE, same seed",
+              title="Training CE against the baseline, same batches")
+    for axis in (left, middle, right):
         axis.grid(True, alpha=0.3)
     left.legend(fontsize=8)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
+    figure.savefig(path, dpi=100)
     plt.close(figure)
     return path
 
@@ -242,6 +286,10 @@ def write_report(task: str, task_dir: Path, report: Path, command: str) -> Path:
     figures = report.parent
     loss_png = plot_loss_curves(runs, figures / f"{task}-loss-curves.png")
     rank_png = plot_rank_distribution(runs, figures / f"{task}-frequency-rank.png")
+    base_file = Path(task_dir) / BASE_FILE
+    base = json.loads(base_file.read_text()) if base_file.is_file() else None
+    if base is not None:
+        _fill_text_metrics(base)
     first = next(iter(runs.values()))[0]
     validation = first["validation"]
     train_cpu = sum(r["train"]["cpu_s"] for rs in runs.values() for r in rs)
@@ -266,11 +314,11 @@ def write_report(task: str, task_dir: Path, report: Path, command: str) -> Path:
         "",
         "Greedy decoding:",
         "",
-        metric_table(runs, "greedy"),
+        metric_table(runs, "greedy", base),
         "",
     ]
     if any("sampled" in r["generation"] for rs in runs.values() for r in rs):
-        lines += ["Sampled decoding:", "", metric_table(runs, "sampled"), ""]
+        lines += ["Sampled decoding:", "", metric_table(runs, "sampled", base), ""]
     rel = lambda p: Path(p).resolve().relative_to(report.parent.resolve()).as_posix()  # noqa: E731
     lines += [f"![{task} loss curves]({rel(loss_png)})", "", f"![{task} frequency ranks]({rel(rank_png)})", ""]
     report.parent.mkdir(parents=True, exist_ok=True)

@@ -134,6 +134,8 @@ def _generation_metrics(examples: list[Example], generations: list[Generation], 
         "hit_token_limit": float(np.mean([g.hit_limit for g in generations])),
         "empty": float(np.mean([not g.text.strip() for g in generations])),
     }
+    scored["rouge_l_first_line"] = metrics.rouge_l([metrics.first_line(t) for t in texts],
+                                                   [metrics.first_line(e.reference) for e in examples])
     recall, qualified = metrics.rare_token_recall([g.token_ids for g in generations], reference_ids, rare)
     scored["rare_token_recall"], scored["rare_token_recall_examples"] = recall, qualified
     if is_code:
@@ -141,6 +143,7 @@ def _generation_metrics(examples: list[Example], generations: list[Generation], 
         scored["parse_rate"] = metrics.parse_rate(sources)
         finished = [s for s, g in zip(sources, generations) if not g.hit_limit]
         scored["parse_rate_finished"] = metrics.parse_rate(finished)
+        scored["body_parse_rate"] = float(np.mean([metrics.body_parses(t) for t in texts])) if texts else math.nan
     tested = [(e, g) for e, g in zip(examples, generations) if e.test]
     if tested:
         scored["pass_at_1"], _ = pass_at_1([e.source_prompt + g.text for e, g in tested], [e.test for e, _ in tested],

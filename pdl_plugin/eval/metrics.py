@@ -145,6 +145,37 @@ def parses(source: str) -> bool:
     return True
 
 
+def cut_at_top_level(body: str) -> str:
+    """A generated function body up to (not including) its first non-blank line at column 0.
+
+    A body completion that goes on past the function (a new `def`, a call, a comment at column 0) is cut there, the
+    stop-sequence convention of HumanEval-style evaluation; the body itself is indented, so nothing of it is lost.
+    """
+    kept = []
+    for line in body.split("\n"):
+        if line.strip() and not line[0].isspace():
+            break
+        kept.append(line)
+    return "\n".join(kept)
+
+
+def body_parses(body: str) -> bool:
+    """Whether the body, cut at its next top-level line, is a non-empty valid function body.
+
+    Checked as the body of a neutral `def` (or `async def`, for `await`), so it needs no prompt: a docstring-only
+    function parses, and an empty cut body does not count as a pass.
+    """
+    cut = cut_at_top_level(body)
+    if not cut.strip():
+        return False
+    return any(parses(f"{head}def _generated():\n{cut.lstrip(chr(10))}\n") for head in ("", "async "))
+
+
+def first_line(text: str) -> str:
+    """The first non-blank line, stripped ('' when there is none): the synopsis of a one-line summary."""
+    return next((line.strip() for line in text.split("\n") if line.strip()), "")
+
+
 def parse_rate(sources: Iterable[str]) -> float:
     results = [parses(source) for source in sources]
     return float(np.mean(results)) if results else float("nan")
@@ -170,7 +201,7 @@ def _same_length(a: Sequence, b: Sequence) -> None:
 
 
 __all__ = [
-    "distinct_n", "frequency_ranks", "mean_self_information", "ngrams", "parse_rate", "parses",
+    "body_parses", "cut_at_top_level", "distinct_n", "first_line", "frequency_ranks", "mean_self_information", "ngrams", "parse_rate", "parses",
     "rare_token_ids", "rare_token_recall", "repetition_rate", "rouge_l", "self_information_bits", "summarize",
     "unseen_token_rate", "words",
 ]

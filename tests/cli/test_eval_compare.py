@@ -108,10 +108,13 @@ def test_pdl_compare_trains_each_arm_evaluates_reports_and_resumes(tmp_path):
     assert (outdir / "toy/alpha-1/seed-3/done").is_file()
     assert (outdir / "toy/alpha-1/seed-3/train.json").stat().st_mtime_ns == trained
     assert (outdir / "toy/alpha-0/seed-3/results.json").stat().st_mtime_ns == kept
+    # an evaluation of the base model beside the runs (pdl-eval --output OUTDIR/TASK/base-model.json) is one more row
+    (outdir / "toy/base-model.json").write_text((outdir / "toy/alpha-0/seed-3/results.json").read_text())
     # --report_only redraws the report elsewhere, figures beside it, showing the command that made the runs
     elsewhere = compare([*argv, "--report_only", "--report", str(tmp_path / "docs" / "toy.md")])
     assert (tmp_path / "docs" / "toy-loss-curves.png").is_file() and "](toy-frequency-rank.png)" in elsewhere.read_text()
     assert "--report" not in elsewhere.read_text() and "--max_steps 1" in elsewhere.read_text()
+    assert elsewhere.read_text().count("| base model, no finetuning (pdl-eval) | 1 |") == 2  # greedy and sampled
 
 
 @pytest.mark.parametrize(

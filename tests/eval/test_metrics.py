@@ -76,3 +76,19 @@ def test_summarize_uses_the_sample_sd_and_skips_nans():
     stats = metrics.summarize([1.0, 3.0, float("nan")])
     assert stats["mean"] == 2.0 and stats["sd"] == pytest.approx(math.sqrt(2)) and stats["n"] == 2
     assert math.isnan(metrics.summarize([4.0])["sd"])
+
+
+def test_code_body_is_cut_at_the_next_top_level_line():
+    prompt = 'def f(x):\n    """Double x."""'
+    body = "\n    y = 2 * x\n\n    return y\n\ndef g(:\n    pass"
+    assert metrics.cut_at_top_level(body) == "\n    y = 2 * x\n\n    return y\n"
+    assert metrics.body_parses(body)  # the broken `def g(` after the body is cut away
+    assert not metrics.parses(prompt + body)
+    assert not metrics.body_parses("\nreturn x")  # nothing indented: empty body, not a pass
+    assert not metrics.body_parses("\n    return (x")
+    assert metrics.body_parses("\n    await x\n    return 1")  # a coroutine's body
+
+
+def test_first_line():
+    assert metrics.first_line("\n\n  Ruby library for tables \nmore text") == "Ruby library for tables"
+    assert metrics.first_line(" \n ") == ""
