@@ -47,7 +47,7 @@ def end_to_end(recipe: str, repeats: int = 3) -> None:
     import datasets
     from transformers import AutoTokenizer
 
-    from pdl_plugin.cli.recipe import load_recipe_datasets, parse_recipe
+    from pdl_plugin.recipe import load_recipe_datasets, parse_recipe
     from pdl_plugin.preparation import prepare_like_sft_trainer
 
     datasets.disable_caching()  # otherwise the second preparation is a cache hit

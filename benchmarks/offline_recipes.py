@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from pdl_plugin.cli.recipe import load_recipe_datasets, parse_recipe
+from pdl_plugin.recipe import load_recipe_datasets, parse_recipe
 from pdl_plugin.cli.sft import train
 
 RECIPES = sorted((Path(__file__).parents[1] / "recipes" / "offline").glob("*.yaml"))

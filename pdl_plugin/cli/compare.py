@@ -18,7 +18,8 @@ from rich.console import Console
 
 from ..errors import PDLConfigError
 from .eval import _Parser, eval_arguments, settings_from
-from .recipe import parse_recipe, run_cli
+from ..recipe import parse_recipe
+from . import run_cli
 
 USAGE = ("pdl-compare --config RECIPE.yaml --alphas 0,0.25,0.5,1.0 [--seeds 0,1] [--alpha_warmup_steps N] "
          "[--outdir DIR] [--report FILE.md] [--report_only] [eval options] [--recipe_key value ...]")

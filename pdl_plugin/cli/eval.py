@@ -8,14 +8,15 @@ under the TRAINING frequency table, rare-token recall, validation cross-entropy 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from rich.console import Console
 
 from ..errors import PDLConfigError
 from ..frequency import TABLE_FILENAME, FrequencyTable
-from .recipe import parse_recipe, run_cli
+from ..files import write_json
+from ..recipe import parse_recipe
+from . import run_cli
 
 USAGE = "pdl-eval --adapter DIR --config RECIPE.yaml [--output FILE.json] [options] [--recipe_key value ...]"
 
@@ -86,15 +87,6 @@ def evaluate_cli(argv: list[str]) -> dict:
     console.print(format_table(result))
     console.print(f"Results: {output}")
     return result
-
-
-def write_json(path: Path, data: dict) -> Path:
-    """Atomic JSON write (NaN kept as JSON `NaN`, which Python's json reads back)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    tmp.replace(path)
-    return path
 
 
 def main(argv: list[str] | None = None) -> None:

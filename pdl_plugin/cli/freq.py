@@ -20,10 +20,10 @@ from pathlib import Path
 from rich.console import Console
 
 from ..errors import PDLConfigError
-from ..frequency import FrequencyTable, count_trained_tokens, merge_tables, tokenizer_fingerprint
-from ..preparation import prepare_like_sft_trainer
+from ..frequency import FrequencyTable, merge_tables, tokenizer_fingerprint
 from ..report import plot_rank_curves, weight_summary_table
-from .recipe import load_recipe_datasets, parse_recipe, run_cli
+from ..recipe import count_recipe_table, parse_recipe
+from . import run_cli
 
 
 def _own_flags() -> argparse.ArgumentParser:
@@ -59,22 +59,6 @@ def merge(argv: list[str]) -> FrequencyTable:
     return table
 
 
-def count_for_recipe(recipe, tokenizer, shard: tuple[int, int] | None = None) -> FrequencyTable:
-    """The table of the recipe's training split (or one contiguous shard of it), prepared as the trainer prepares it."""
-    from transformers import AutoConfig
-
-    train_dataset, _ = load_recipe_datasets(recipe)
-    if shard is not None:
-        index, count = shard
-        train_dataset = train_dataset.shard(num_shards=count, index=index, contiguous=True)
-    prepared, masking = prepare_like_sft_trainer(train_dataset, tokenizer, recipe.training)
-    config = AutoConfig.from_pretrained(recipe.model.model_name_or_path, revision=recipe.model.model_revision)
-    vocab_rows = config.get_text_config().vocab_size
-    counts = count_trained_tokens(prepared, vocab_rows)
-    fingerprint = getattr(prepared, "_fingerprint", None) or "unavailable"
-    return FrequencyTable(counts, tokenizer_fingerprint(tokenizer), masking, fingerprint)
-
-
 def freq(argv: list[str]) -> FrequencyTable:
     from transformers import AutoTokenizer
 
@@ -99,7 +83,7 @@ def freq(argv: list[str]) -> FrequencyTable:
         table = FrequencyTable.load(flags.table)
         table.check_compatible(tokenizer_fingerprint(tokenizer), table.vocab_size, source=f"The table {flags.table}")
     else:
-        table = count_for_recipe(recipe, tokenizer, _parse_shard(flags.shard) if flags.shard else None)
+        table = count_recipe_table(recipe, tokenizer, _parse_shard(flags.shard) if flags.shard else None)
         if table.total == 0:
             raise PDLConfigError(
                 "No token of the training set is trained (every label is -100): check the dataset's completion / "

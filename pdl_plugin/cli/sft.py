@@ -10,36 +10,16 @@ from ..errors import PDLConfigError
 from ..frequency import TABLE_FILENAME
 from ..report import weight_summary_table
 from ..trainer import SETTINGS_FILENAME, PDLSFTTrainer
-from .recipe import load_recipe_datasets, parse_recipe, run_cli
+from ..recipe import run_recipe
+from . import run_cli
 
 USAGE = "usage: pdl-sft --config RECIPE.yaml [--key value ...]"
 
 
 def train(argv: list[str]) -> PDLSFTTrainer:
-    from trl import get_peft_config, get_quantization_config
-
     if not argv:
         raise PDLConfigError(f"{USAGE}. Any field of TRL's SFTConfig, ModelConfig, ScriptArguments and pdl_* works.")
-    recipe = parse_recipe(argv)
-    training, model_args = recipe.training, recipe.model
-    training.model_init_kwargs = {
-        "revision": model_args.model_revision,
-        "trust_remote_code": training.trust_remote_code,
-        "attn_implementation": model_args.attn_implementation,
-        "dtype": model_args.dtype,
-        **(training.model_init_kwargs or {}),
-    }
-    train_dataset, eval_dataset = load_recipe_datasets(recipe)
-    trainer = PDLSFTTrainer(
-        model=model_args.model_name_or_path,
-        args=training,
-        train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
-        quantization_config=get_quantization_config(model_args),
-        peft_config=get_peft_config(model_args),
-    )
-    trainer.train(resume_from_checkpoint=training.resume_from_checkpoint)
-    trainer.save_model(training.output_dir)
+    trainer = run_recipe(argv)
     if trainer.accelerator.is_main_process:
         _print_summary(trainer)
     trainer.end()

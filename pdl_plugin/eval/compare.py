@@ -69,9 +69,8 @@ def run_dir(outdir: Path, task: str, arm: Arm, seed: int) -> Path:
 def run_one(config: str, overrides: list[str], folder: Path, arm: Arm, seed: int, settings, reference_alpha: float,
             log=print) -> dict:
     """Train (unless `train.json` shows it was done) and evaluate one arm and seed; return its results."""
-    from ..cli.eval import write_json
-    from ..cli.recipe import parse_recipe
-    from ..cli.sft import train
+    from ..files import write_json
+    from ..recipe import parse_recipe, run_recipe
     from ..frequency import FrequencyTable
     from .evaluate import evaluate_model, load_for_eval, load_validation_split
 
@@ -85,7 +84,7 @@ def run_one(config: str, overrides: list[str], folder: Path, arm: Arm, seed: int
             shutil.rmtree(folder)
         folder.mkdir(parents=True)
         wall, cpu = time.perf_counter(), time.process_time()
-        trainer = train(argv)
+        trainer = run_recipe(argv)
         write_json(folder / TRAIN_FILE, {
             "argv": argv, "log_history": trainer.state.log_history, "global_step": trainer.state.global_step,
             "wall_s": time.perf_counter() - wall, "cpu_s": time.process_time() - cpu,

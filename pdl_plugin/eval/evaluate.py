@@ -43,7 +43,7 @@ class EvalSettings:
 
 def load_validation_split(recipe):
     """The recipe's validation split (its `dataset_test_split`), whatever its `eval_strategy` says."""
-    from ..cli.recipe import load_recipe_datasets
+    from ..recipe import load_recipe_datasets
 
     training = recipe.training
     saved = training.eval_strategy

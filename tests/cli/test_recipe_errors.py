@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from pdl_plugin import PDLConfigError
-from pdl_plugin.cli.recipe import parse_recipe
+from pdl_plugin.recipe import parse_recipe
 
 MAIN_RECIPE = Path(__file__).parents[2] / "recipes" / "offline" / "dialogue_lora.yaml"
 

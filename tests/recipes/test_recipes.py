@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from pdl_plugin import FrequencyTable
-from pdl_plugin.cli.recipe import parse_recipe, read_recipe_file
+from pdl_plugin.recipe import parse_recipe, read_recipe_file
 from pdl_plugin.cli.sft import train
 
 RECIPES = Path(__file__).parents[2] / "recipes"

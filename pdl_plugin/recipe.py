@@ -1,4 +1,6 @@
-"""Reading a TRL-CLI style recipe (YAML + `--key value` overrides) into TRL's dataclasses plus `PDLSFTConfig`."""
+"""Recipes as library code: reading a TRL-CLI style recipe (YAML + `--key value` overrides) into TRL's dataclasses
+plus `PDLSFTConfig`, loading its datasets, and running it. The CLIs (`pdl-sft`, `pdl-freq`, `pdl-eval`) and the
+evaluation call these; nothing here prints or exits."""
 
 from __future__ import annotations
 
@@ -10,10 +12,10 @@ from pathlib import Path
 import yaml
 from trl import DatasetMixtureConfig, ModelConfig, ScriptArguments, TrlParser
 
-from ..config import PDLSFTConfig
-from ..data.embedded_model import EMBEDDED_PREFIX, resolve_embedded_model
-from ..data.registry import resolve_embedded_dataset
-from ..errors import PDLConfigError, PDLError
+from .config import PDLSFTConfig
+from .data.embedded_model import EMBEDDED_PREFIX, resolve_embedded_model
+from .data.registry import resolve_embedded_dataset
+from .errors import PDLConfigError, PDLError
 
 
 @dataclass
@@ -126,12 +128,49 @@ def load_recipe_datasets(recipe: Recipe):
     return train, dataset[eval_split] if evaluate else None
 
 
-def run_cli(main_fn, argv: list[str] | None) -> None:
-    """Run a console entry point: our errors print one line and exit 2, never a traceback."""
-    from rich.console import Console
+def run_recipe(argv: list[str]):
+    """Train with the recipe `--config RECIPE.yaml [--key value ...]` and save the model; returns the trainer."""
+    from trl import get_peft_config, get_quantization_config
 
-    try:
-        main_fn(sys.argv[1:] if argv is None else argv)
-    except PDLError as err:
-        Console(stderr=True).print(f"[bold red]error:[/] {err}", highlight=False)
-        raise SystemExit(2) from None
+    from .trainer import PDLSFTTrainer
+
+    recipe = parse_recipe(argv)
+    training, model_args = recipe.training, recipe.model
+    training.model_init_kwargs = {
+        "revision": model_args.model_revision,
+        "trust_remote_code": training.trust_remote_code,
+        "attn_implementation": model_args.attn_implementation,
+        "dtype": model_args.dtype,
+        **(training.model_init_kwargs or {}),
+    }
+    train_dataset, eval_dataset = load_recipe_datasets(recipe)
+    trainer = PDLSFTTrainer(
+        model=model_args.model_name_or_path,
+        args=training,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        quantization_config=get_quantization_config(model_args),
+        peft_config=get_peft_config(model_args),
+    )
+    trainer.train(resume_from_checkpoint=training.resume_from_checkpoint)
+    trainer.save_model(training.output_dir)
+    return trainer
+
+
+def count_recipe_table(recipe, tokenizer, shard: tuple[int, int] | None = None) -> FrequencyTable:
+    """The table of the recipe's training split (or one contiguous shard of it), prepared as the trainer prepares it."""
+    from transformers import AutoConfig
+
+    from .frequency import FrequencyTable, count_trained_tokens, tokenizer_fingerprint
+    from .preparation import prepare_like_sft_trainer
+
+    train_dataset, _ = load_recipe_datasets(recipe)
+    if shard is not None:
+        index, count = shard
+        train_dataset = train_dataset.shard(num_shards=count, index=index, contiguous=True)
+    prepared, masking = prepare_like_sft_trainer(train_dataset, tokenizer, recipe.training)
+    config = AutoConfig.from_pretrained(recipe.model.model_name_or_path, revision=recipe.model.model_revision)
+    vocab_rows = config.get_text_config().vocab_size
+    counts = count_trained_tokens(prepared, vocab_rows)
+    fingerprint = getattr(prepared, "_fingerprint", None) or "unavailable"
+    return FrequencyTable(counts, tokenizer_fingerprint(tokenizer), masking, fingerprint)
