@@ -66,9 +66,14 @@ class FrequencyTable:
         return self.counts.to(torch.float64) / max(self.total, 1)
 
     def weights(
-        self, alpha: float, epsilon: float, normalize: str = "weighted", max_weight: float | None = None
+        self,
+        alpha: float,
+        epsilon: float,
+        normalize: str = "weighted",
+        max_weight: float | None = None,
+        unseen: str = "rarest",
     ) -> torch.Tensor:
-        return token_weights_from_counts(self.counts, alpha, epsilon, normalize, max_weight)
+        return token_weights_from_counts(self.counts, alpha, epsilon, normalize, max_weight, unseen)
 
     # ---- compatibility ---------------------------------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ import torch
 from .errors import PDLConfigError
 
 NORMALIZE_MODES = ("weighted", "token")
+UNSEEN_POLICIES = ("rarest", "formula")
 
 
 def pdl_weights(freq: torch.Tensor, alpha: float, epsilon: float) -> torch.Tensor:
@@ -57,14 +58,20 @@ def token_weights_from_counts(
     epsilon: float,
     normalize: str = "weighted",
     max_weight: float | None = None,
+    unseen: str = "rarest",
 ) -> torch.Tensor:
     """The per-vocabulary-row weights the loss uses, from raw counts of trained tokens.
 
     ``freq`` is the normalised frequency ``counts / counts.sum()`` (so ``epsilon`` has the same meaning whatever the
-    dataset size). ``max_weight`` caps a weight at that multiple of the mean weight of the counted tokens. With
-    ``normalize="token"`` the weights are then rescaled so that their mean over the counted tokens is exactly 1, so
-    the loss is on the scale of plain cross-entropy.
+    dataset size). ``unseen`` sets the weight of a token the table never counted: ``"rarest"`` gives it the weight of
+    the rarest counted token (a token unseen in training is not infinitely informative; with equation (3) as it
+    stands, epsilon 1e-6 and alpha 0.75 it would weigh ~31,600, more than a whole reply), ``"formula"`` keeps
+    equation (3), ``epsilon ** -alpha``. ``max_weight`` caps a weight at that multiple of the mean weight of the
+    counted tokens. With ``normalize="token"`` the weights are then rescaled so that their mean over the counted tokens
+    is exactly 1, so the loss is on the scale of plain cross-entropy.
     """
+    if unseen not in UNSEEN_POLICIES:
+        raise PDLConfigError(f"pdl_unseen_weight must be one of {UNSEEN_POLICIES}, got {unseen!r}.")
     if normalize not in NORMALIZE_MODES:
         raise PDLConfigError(f"pdl_normalize must be one of {NORMALIZE_MODES}, got {normalize!r}.")
     counts = torch.as_tensor(counts, dtype=torch.float64)
@@ -74,7 +81,10 @@ def token_weights_from_counts(
             "The frequency table counts no trained token, so PDL weights are undefined. Check that the dataset "
             "has tokens whose label is not -100 (completion or assistant tokens)."
         )
-    weights = pdl_weights(counts / total, alpha, epsilon).to(torch.float64)
+    freq = counts / total
+    if unseen == "rarest":
+        freq = torch.where(counts > 0, freq, freq[counts > 0].min())
+    weights = pdl_weights(freq, alpha, epsilon).to(torch.float64)
     if max_weight is not None:
         if not max_weight > 0:
             raise PDLConfigError(f"pdl_max_weight must be > 0 or unset, got {max_weight}.")

@@ -27,7 +27,7 @@ def test_alpha_zero_gives_unit_weights():
 
 def test_weights_from_counts_use_normalised_frequencies():
     counts = torch.tensor([3, 1, 0])
-    got = token_weights_from_counts(counts, alpha=1.0, epsilon=1e-6)
+    got = token_weights_from_counts(counts, alpha=1.0, epsilon=1e-6, unseen="formula")
     # freq = [0.75, 0.25, 0] -> 1/(0.750001), 1/(0.250001), 1/1e-6
     torch.testing.assert_close(got, torch.tensor([1 / 0.750001, 1 / 0.250001, 1e6]))
 
@@ -67,3 +67,17 @@ def test_no_counted_token_is_refused():
 def test_unknown_normalisation_is_refused():
     with pytest.raises(PDLConfigError, match="pdl_normalize"):
         token_weights_from_counts(torch.tensor([1, 2]), 0.5, 1e-6, normalize="mean")
+
+
+def test_unseen_tokens_get_the_rarest_seen_weight_by_default():
+    counts = torch.tensor([3, 1, 0])
+    # freq = [0.75, 0.25, 0]; alpha 1, eps 1e-6: the unseen row takes the weight of freq 0.25, not 1/1e-6
+    got = token_weights_from_counts(counts, alpha=1.0, epsilon=1e-6)
+    torch.testing.assert_close(got, torch.tensor([1 / 0.750001, 1 / 0.250001, 1 / 0.250001]))
+    formula = token_weights_from_counts(counts, alpha=1.0, epsilon=1e-6, unseen="formula")
+    torch.testing.assert_close(formula, torch.tensor([1 / 0.750001, 1 / 0.250001, 1e6]))
+
+
+def test_unknown_unseen_policy_is_refused():
+    with pytest.raises(PDLConfigError, match="pdl_unseen_weight"):
+        token_weights_from_counts(torch.tensor([1, 2]), 0.5, 1e-6, unseen="zero")
