@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import numbers
 import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,18 +18,114 @@ from safetensors.torch import load_file, safe_open, save_file
 from tqdm.auto import tqdm
 
 from .errors import FrequencyTableError
+from .files import write_atomically
 from .weights import token_weights_from_counts
 
 TABLE_FORMAT = "pdl-frequency-table/1"
 TABLE_FILENAME = "pdl_frequency_table.safetensors"
 IGNORE_INDEX = -100
 _REQUIRED_METADATA = ("format", "tokenizer_fingerprint", "total_tokens", "masking", "data_fingerprint")
+_INT64_MAX = int(np.iinfo(np.int64).max)
+# Fewer distinct trained ids than this is almost surely a data problem (empty replies train `<|im_end|>` alone)
+MIN_DISTINCT_TRAINED_IDS = 10
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
     """A hash of the token -> id map (added tokens included): two tokenizers that agree on it count alike."""
     vocab = sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])
     return hashlib.sha256(json.dumps(vocab, ensure_ascii=False).encode()).hexdigest()[:16]
+
+
+_COUNTS_TYPE_HELP = (
+    "FrequencyTable counts must be a 1-D list, numpy array or torch tensor of whole numbers >= 0, one per row of the "
+    "model's output embedding"
+)
+
+
+def _as_counts(values) -> torch.Tensor:
+    """`values` as a 1-D int64 tensor, refusing anything that is not a list of whole, finite, non-negative counts.
+
+    Raises `TypeError` for a value of the wrong kind (a string, None, a dict, complex numbers) and
+    `FrequencyTableError` for numbers that cannot be counts (NaN, infinite, fractional, negative, beyond int64, or
+    whose sum does not fit in int64). Nothing is rounded or wrapped silently.
+    """
+    if values is None or isinstance(values, (str, bytes, dict, set, numbers.Number)):
+        raise TypeError(f"{_COUNTS_TYPE_HELP}; got {type(values).__name__} {values!r:.60}.")
+    if isinstance(values, torch.Tensor):
+        tensor = values.detach().cpu()
+    else:
+        try:
+            array = np.asarray(values)
+        except (TypeError, ValueError) as err:
+            raise TypeError(f"{_COUNTS_TYPE_HELP}; got {type(values).__name__} that is not one ({err}).") from None
+        if array.dtype == object:
+            flat = array.ravel().tolist()
+            if flat and all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in flat):
+                big = max(flat, key=abs)
+                raise FrequencyTableError(f"counts has the entry {big}, beyond what int64 holds: not a real count.")
+            raise TypeError(f"{_COUNTS_TYPE_HELP}; got {type(values).__name__} with non-numeric entries.")
+        if array.dtype.kind not in "biuf":
+            raise TypeError(f"{_COUNTS_TYPE_HELP}; got {type(values).__name__} of {array.dtype}.")
+        if array.dtype.kind == "u" and array.size and int(array.max()) > _INT64_MAX:
+            raise FrequencyTableError(f"counts has the entry {int(array.max())}, beyond what int64 holds.")
+        if array.dtype.kind == "u":
+            array = array.astype(np.int64)
+        tensor = torch.from_numpy(np.ascontiguousarray(array))
+    if tensor.is_complex():
+        raise TypeError(f"{_COUNTS_TYPE_HELP}; got a complex {tensor.dtype} tensor.")
+    if tensor.dim() != 1:
+        raise FrequencyTableError(f"counts must be a 1-D tensor, got shape {tuple(tensor.shape)}.")
+    if tensor.numel() == 0:
+        raise FrequencyTableError("counts is empty: a table has one entry per row of the model's output embedding.")
+    if tensor.is_floating_point():
+        tensor = tensor.double()
+        nan = torch.isnan(tensor)
+        if nan.any():
+            raise FrequencyTableError(
+                f"counts has {int(nan.sum())} NaN entries (the first at token id {int(nan.nonzero()[0])}): counts "
+                "must be whole numbers. Recount the table with pdl-freq."
+            )
+        inf = torch.isinf(tensor)
+        if inf.any():
+            raise FrequencyTableError(
+                f"counts has {int(inf.sum())} infinite entries (the first at token id {int(inf.nonzero()[0])}): counts "
+                "must be whole numbers. Recount the table with pdl-freq."
+            )
+        fractional = tensor != torch.floor(tensor)
+        if fractional.any():
+            first = int(fractional.nonzero()[0])
+            raise FrequencyTableError(
+                f"counts must be whole numbers, but token id {first} has {float(tensor[first])!r} "
+                f"({int(fractional.sum())} fractional entries). They are refused rather than truncated; pass integer "
+                "counts (e.g. from pdl-freq or count_trained_tokens)."
+            )
+        if (tensor.abs() >= 2.0**63).any():
+            raise FrequencyTableError(f"counts has the entry {float(tensor.abs().max()):.3g}, beyond what int64 holds.")
+    if tensor.dtype == torch.uint64:
+        if int(tensor.max()) > _INT64_MAX:
+            raise FrequencyTableError(f"counts has the entry {int(tensor.max())}, beyond what int64 holds.")
+    tensor = tensor.to(torch.int64)
+    if (tensor < 0).any():
+        first = int((tensor < 0).nonzero()[0])
+        raise FrequencyTableError(
+            f"counts has negative entries (token id {first}: {int(tensor[first])}): the table is corrupt. Recount it "
+            "with pdl-freq."
+        )
+    _check_total_fits(tensor)
+    return tensor
+
+
+def _check_total_fits(counts: torch.Tensor) -> None:
+    """Refuse counts whose sum overflows int64 (the sum would silently wrap to a negative total)."""
+    approximate = float(counts.sum(dtype=torch.float64))
+    if approximate < 2.0**62:
+        return  # far from the limit: the exact int64 sum is right
+    exact = sum(int(value) for value in counts.tolist())
+    if exact > _INT64_MAX:
+        raise FrequencyTableError(
+            f"counts sum to {exact}, beyond what int64 holds ({_INT64_MAX}): these are not real token counts. "
+            "Recount the table with pdl-freq."
+        )
 
 
 @dataclass
@@ -46,11 +142,12 @@ class FrequencyTable:
     extra: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.counts = torch.as_tensor(self.counts, dtype=torch.int64)
-        if self.counts.dim() != 1:
-            raise FrequencyTableError(f"counts must be a 1-D tensor, got shape {tuple(self.counts.shape)}.")
-        if (self.counts < 0).any():
-            raise FrequencyTableError("counts has negative entries: the table is corrupt. Recount it with pdl-freq.")
+        self.counts = _as_counts(self.counts)
+        for name in ("tokenizer_fingerprint", "masking", "data_fingerprint"):
+            if not isinstance(getattr(self, name), str):
+                raise TypeError(f"FrequencyTable {name} must be a string, got {type(getattr(self, name)).__name__}.")
+        if not isinstance(self.extra, dict):
+            raise TypeError(f"FrequencyTable extra must be a dict of strings, got {type(self.extra).__name__}.")
 
     @property
     def vocab_size(self) -> int:
@@ -106,20 +203,16 @@ class FrequencyTable:
         }
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write atomically: a crash leaves either the old file or the new one, never half of one."""
+        """Write atomically: a crash or a full disk leaves either the old file or the new one, never half of one.
+
+        A folder `path` gets the standard name inside it. Raises `PDLWriteError` (an `OSError`) if it cannot write.
+        """
         path = Path(path)
         if path.is_dir():
             path = path / TABLE_FILENAME
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file({"counts": self.counts.contiguous()}, tmp, metadata=self.metadata())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        counts, metadata = self.counts.contiguous(), self.metadata()
+        return write_atomically(path, lambda tmp: save_file({"counts": counts}, tmp, metadata=metadata),
+                                what="frequency table")
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> FrequencyTable:
@@ -150,13 +243,16 @@ class FrequencyTable:
         counts = tensors["counts"]
         if counts.dtype != torch.int64:
             raise FrequencyTableError(f"{path}: `counts` must be int64, got {counts.dtype}. Recount it with pdl-freq.")
-        table = cls(
-            counts=counts,
-            tokenizer_fingerprint=metadata["tokenizer_fingerprint"],
-            masking=metadata["masking"],
-            data_fingerprint=metadata["data_fingerprint"],
-            extra={k: v for k, v in metadata.items() if k not in _REQUIRED_METADATA and k != "vocab_size"},
-        )
+        try:
+            table = cls(
+                counts=counts,
+                tokenizer_fingerprint=metadata["tokenizer_fingerprint"],
+                masking=metadata["masking"],
+                data_fingerprint=metadata["data_fingerprint"],
+                extra={k: v for k, v in metadata.items() if k not in _REQUIRED_METADATA and k != "vocab_size"},
+            )
+        except FrequencyTableError as err:
+            raise FrequencyTableError(f"{path}: {err}") from None
         if str(table.total) != metadata["total_tokens"]:
             raise FrequencyTableError(
                 f"{path}: counts sum to {table.total} but the metadata says {metadata['total_tokens']}: the file is "
@@ -224,20 +320,57 @@ def _reorders_whole_table(dataset) -> bool:
 def count_trained_tokens(
     dataset, vocab_size: int, *, batch_size: int = 4096, desc: str = "Counting trained tokens"
 ) -> torch.Tensor:
-    """Counts of trained targets per vocabulary row over a prepared dataset (one with a `labels` column)."""
+    """Counts of trained targets per vocabulary row over a prepared dataset (one with a `labels` column).
+
+    `dataset` is a `datasets.Dataset` or `IterableDataset` as TRL's preparation leaves it (e.g. the trainer's
+    `train_dataset`). Raises `TypeError` for anything else (a list, a dict, a pandas frame) and
+    `FrequencyTableError` when it has no `labels` column or a label outside `vocab_size`.
+    """
+    from datasets import Dataset, IterableDataset
+
+    if not isinstance(dataset, (Dataset, IterableDataset)):
+        raise TypeError(
+            "count_trained_tokens counts a prepared `datasets.Dataset` or `IterableDataset` with a `labels` column "
+            f"(e.g. the trainer's train_dataset), got {type(dataset).__name__}. For label lists in memory, pass "
+            "`datasets.Dataset.from_dict({'labels': rows})`."
+        )
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, numbers.Integral):
+        raise TypeError(f"vocab_size must be a whole number (the rows of the output embedding), got {vocab_size!r}.")
+    if vocab_size < 1:
+        raise FrequencyTableError(f"vocab_size must be at least 1 (the rows of the output embedding), got {vocab_size}.")
     columns = getattr(dataset, "column_names", None)
     if columns is not None and "labels" not in columns:
         raise FrequencyTableError(
             f"The prepared dataset has no `labels` column (columns: {columns}). PDL counts the positions whose label "
             "is not -100; prepare the dataset with TRL's SFTTrainer or provide `labels`."
         )
-    counts = np.zeros(vocab_size, dtype=np.int64)
+    counts = np.zeros(int(vocab_size), dtype=np.int64)
     total_rows = len(dataset) if hasattr(dataset, "__len__") else None
     with tqdm(total=total_rows, desc=desc, unit="rows") as progress:
         for labels, rows in _label_chunks(dataset, batch_size):
-            counts += count_label_array(labels, vocab_size)
+            counts += count_label_array(labels, int(vocab_size))
             progress.update(rows)
     return torch.from_numpy(counts)
+
+
+def few_trained_ids_warning(table: FrequencyTable, tokenizer=None, minimum: int = MIN_DISTINCT_TRAINED_IDS) -> str | None:
+    """A warning when fewer than `minimum` distinct token ids are trained (None otherwise).
+
+    Data whose replies are all empty trains the end-of-turn token alone; PDL then has (almost) nothing to weight and
+    the finetune learns only those ids. Call it on the table in use, before training; `tokenizer` names the ids.
+    """
+    distinct = int((table.counts > 0).sum())
+    if table.total == 0 or distinct >= minimum:
+        return None
+    ids = table.counts.nonzero().flatten().tolist()
+    shown = ", ".join(
+        repr(tokenizer.convert_ids_to_tokens(i)) if tokenizer is not None else str(i) for i in ids[:minimum]
+    )
+    return (
+        f"Only {distinct} distinct token id{'s are' if distinct != 1 else ' is'} trained ({table.total:,} trained "
+        f"tokens: {shown}). The replies or completions may be empty or all alike, or masking / `max_length` may cut "
+        "them: check the dataset, `assistant_only_loss` / `completion_only_loss` and `max_length`."
+    )
 
 
 def merge_tables(tables: list[FrequencyTable]) -> FrequencyTable:
