@@ -13,6 +13,7 @@ import types
 from dataclasses import dataclass
 
 import torch
+from torch.distributed.tensor import DTensor, Partial
 from transformers.utils import ModelOutput
 
 from .frequency import IGNORE_INDEX
@@ -46,6 +47,17 @@ def pdl_head_unsupported(model) -> str | None:
     return None
 
 
+def full_output_weight(model) -> torch.Tensor:
+    """The output embedding's weight, whole. FSDP2 leaves a parameter a sharded DTensor outside its unit's forward,
+    and the LM head's own forward is never called here: gather it, as TRL's fused head does. Each rank's gradient of
+    the gathered weight is a partial one (its own data), so it is averaged back onto the shards, as FSDP2 averages
+    the gradients it reduces itself; the default (replicated) gradient would keep only the rank's own share."""
+    weight = model.get_output_embeddings().weight
+    if not isinstance(weight, DTensor):
+        return weight
+    return weight.full_tensor(grad_placements=[Partial("avg")] * weight.device_mesh.ndim)
+
+
 def add_pdl_head(model) -> None:
     """Patch `model.forward` so that `pdl_head=True` returns a `PDLHeadOutput`; other calls are unchanged."""
     previous_forward = model.forward
@@ -62,7 +74,7 @@ def add_pdl_head(model) -> None:
             hidden, labels = hidden[:, :-1], labels[:, 1:]
         else:
             labels = shift_labels
-        weight = self.get_output_embeddings().weight
+        weight = full_output_weight(self)
         hidden, labels = hidden.to(weight.device), labels.to(weight.device)
         mask = labels != IGNORE_INDEX
         targets = labels[mask]
