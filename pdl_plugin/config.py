@@ -1,21 +1,37 @@
-"""`PDLSFTConfig`: TRL's `SFTConfig` plus the PDL fields. Kept apart from the trainer that reads it."""
+"""`PDLSFTConfig`: TRL's `SFTConfig` plus the PDL fields, which are derived from `settings.PDLSettings`.
+
+Kept apart from the trainer that reads it, as TRL keeps `SFTConfig` apart from `SFTTrainer`.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from trl import SFTConfig
 
 from .errors import PDLConfigError
-from .weights import NORMALIZE_MODES, as_number, check_alpha_epsilon
+from .settings import DEFAULTS, SETTING_NAMES, PDLSettings, check_loss_type
 
 LOSS_TYPES = ("nll", "dft", "pdl")
 
 
+def with_pdl_fields(cls: type) -> type:
+    """Add every `PDLSettings` field (type, default, help) to a dataclass-to-be: one declaration for all hosts."""
+    annotations = cls.__dict__.get("__annotations__", {})
+    for setting in dataclasses.fields(PDLSettings):
+        annotations[setting.name] = setting.type
+        setattr(cls, setting.name, field(default=setting.default, metadata=dict(setting.metadata)))
+    cls.__annotations__ = annotations
+    return cls
+
+
 @dataclass
+@with_pdl_fields
 class PDLSFTConfig(SFTConfig):
     r"""
-    Configuration for [`PDLSFTTrainer`]: every [`trl.SFTConfig`] field, `loss_type="pdl"`, and the `pdl_*` fields.
+    Configuration for [`PDLSFTTrainer`]: every [`trl.SFTConfig`] field, `loss_type="pdl"`, and the `pdl_*` fields of
+    [`PDLSettings`].
 
     With `loss_type="pdl"` each trained token `y` is weighted by `w(y) = 1 / (freq(y) + pdl_epsilon) ** pdl_alpha`,
     where `freq` is the normalised frequency (count / total) of `y` among the trained tokens of the training set.
@@ -25,91 +41,39 @@ class PDLSFTConfig(SFTConfig):
         default="nll",
         metadata={
             "help": "Type of loss to use: 'nll' and 'dft' behave exactly as in TRL; 'pdl' is the Power-Law Decay "
-            "Loss, the cross-entropy of each trained token weighted by 1 / (freq + pdl_epsilon) ** pdl_alpha."
-        },
-    )
-    pdl_alpha: float = field(
-        default=0.5,
-        metadata={
-            "help": "Decay exponent (>= 0); 0 is plain cross-entropy. Default 0.5: the lower middle of the paper's "
-            "[0.25, 1.5], strong enough to matter while a token 100x rarer gets only 10x the weight."
-        },
-    )
-    pdl_epsilon: float = field(
-        default=1e-6,
-        metadata={
-            "help": "Smoothing constant (> 0) added to the normalised frequency. Default 1e-6 (the paper's upper "
-            "end): the weight of a token unseen in training stays finite, about that of a token seen once in 1M."
-        },
-    )
-    pdl_freq_path: str | None = field(
-        default=None,
-        metadata={
-            "help": "Path of a frequency table saved by `pdl-freq` or by an earlier run. Default: count the trained "
-            "tokens of the prepared training set before training (cheap, and always matches the data)."
-        },
-    )
-    pdl_normalize: str = field(
-        default="weighted",
-        metadata={
-            "help": "'weighted' (default): loss = sum w*nll / sum w over the optimizer step, the paper's weighted "
-            "mean, independent of the weights' scale. 'token': weights rescaled to mean 1 over the counted tokens and "
-            "the loss divided by the token count, like plain cross-entropy.",
-            "choices": list(NORMALIZE_MODES),
-        },
-    )
-    pdl_max_weight: float | None = field(
-        default=None,
-        metadata={
-            "help": "Optional cap on a token's weight, as a multiple of the mean weight of the counted tokens "
-            "(e.g. 20). Default: no cap, exactly equation (3)."
-        },
-    )
-
-    pdl_alpha_warmup_steps: int = field(
-        default=0,
-        metadata={
-            "help": "Ramp alpha linearly from 0 (plain cross-entropy) to `pdl_alpha` over this many optimizer steps, "
-            "a schedule the paper names as future work. Default 0: full alpha from the first step."
+            "Loss, the cross-entropy of each trained token weighted by 1 / (freq + pdl_epsilon) ** pdl_alpha.",
+            "choices": list(LOSS_TYPES),
         },
     )
 
     def __post_init__(self):
         # Our checks first: a wrong PDL value is reported even where the base class would refuse something else
-        # YAML reads `1e-6` as a string and the CLI passes strings: accept any numeric spelling, refuse the rest
-        self.pdl_alpha = as_number("pdl_alpha", self.pdl_alpha)
-        self.pdl_epsilon = as_number("pdl_epsilon", self.pdl_epsilon)
-        if self.pdl_max_weight is not None:
-            self.pdl_max_weight = as_number("pdl_max_weight", self.pdl_max_weight)
-            if not self.pdl_max_weight > 0:
-                raise PDLConfigError(f"pdl_max_weight must be > 0 or unset, got {self.pdl_max_weight}.")
-        check_alpha_epsilon(self.pdl_alpha, self.pdl_epsilon)
-        if isinstance(self.pdl_alpha_warmup_steps, bool) or not isinstance(self.pdl_alpha_warmup_steps, int) or (
-            self.pdl_alpha_warmup_steps < 0
-        ):
-            raise PDLConfigError(
-                f"pdl_alpha_warmup_steps must be a whole number >= 0, got {self.pdl_alpha_warmup_steps!r}."
-            )
+        settings = PDLSettings.from_mapping({name: getattr(self, name) for name in SETTING_NAMES})
+        for name in SETTING_NAMES:
+            setattr(self, name, getattr(settings, name))
         if self.loss_type not in LOSS_TYPES:
             raise PDLConfigError(f"loss_type must be one of {LOSS_TYPES}, got {self.loss_type!r}.")
-        if self.pdl_normalize not in NORMALIZE_MODES:
-            raise PDLConfigError(f"pdl_normalize must be one of {NORMALIZE_MODES}, got {self.pdl_normalize!r}.")
+        changed = [name for name in SETTING_NAMES if getattr(self, name) != DEFAULTS[name]]
+        check_loss_type(self.loss_type, changed, "Set `loss_type: pdl`")
         super().__post_init__()
-        if self.loss_type == "pdl" and self.label_smoothing_factor > 0:
-            raise PDLConfigError(
-                "loss_type 'pdl' cannot be combined with label_smoothing_factor > 0: label smoothing needs the full "
-                "logits, PDL weights the fused per-token log-probs. Set label_smoothing_factor: 0."
-            )
+        if self.loss_type == "pdl":
+            _refuse_loss_replacements(self)
 
     @property
-    def pdl_settings(self) -> dict:
-        """The settings that define the weights, saved beside the table so a run can be reproduced."""
-        return {
-            "loss_type": self.loss_type,
-            "pdl_alpha": self.pdl_alpha,
-            "pdl_epsilon": self.pdl_epsilon,
-            "pdl_normalize": self.pdl_normalize,
-            "pdl_max_weight": self.pdl_max_weight,
-            "pdl_alpha_warmup_steps": self.pdl_alpha_warmup_steps,
-            "pdl_freq_path": self.pdl_freq_path,
-        }
+    def pdl_settings(self) -> PDLSettings:
+        return PDLSettings.from_mapping({name: getattr(self, name) for name in SETTING_NAMES})
+
+
+def _refuse_loss_replacements(args: SFTConfig) -> None:
+    """TRL settings that would replace or distort the PDL loss, refused up front with what to change."""
+    if args.label_smoothing_factor > 0:
+        raise PDLConfigError(
+            "loss_type 'pdl' cannot be combined with label_smoothing_factor > 0: label smoothing needs the full "
+            "logits, PDL weights the per-token log-probs. Set label_smoothing_factor: 0."
+        )
+    if args.use_liger_kernel:
+        raise PDLConfigError(
+            "loss_type 'pdl' cannot be combined with use_liger_kernel: true: Liger's fused linear cross-entropy "
+            "replaces the model's loss with an unweighted one. Set use_liger_kernel: false (PDL's own head already "
+            "scores only the trained positions without the full logits)."
+        )

@@ -59,7 +59,14 @@ def full_output_weight(model) -> torch.Tensor:
 
 
 def add_pdl_head(model) -> None:
-    """Patch `model.forward` so that `pdl_head=True` returns a `PDLHeadOutput`; other calls are unchanged."""
+    """Patch `model.forward` so that `pdl_head=True` returns a `PDLHeadOutput`; other calls are unchanged.
+
+    Idempotent: a model that already has the head (e.g. a trained model handed to a second trainer) keeps one.
+    The labels come as `labels` or, where the host's Trainer pops them before the forward (Axolotl's
+    `compute_loss_func` path), as `pdl_labels`.
+    """
+    if getattr(model, "_pdl_head_installed", False):  # a wrapper patched on top since (TRL's) passes our flag through
+        return
     previous_forward = model.forward
 
     @functools.wraps(type(model).forward)
@@ -67,6 +74,9 @@ def add_pdl_head(model) -> None:
         if not pdl_head:
             return previous_forward(*args, **kwargs)
         labels, shift_labels = kwargs.pop("labels", None), kwargs.pop("shift_labels", None)
+        if kwargs.get("pdl_labels") is not None:
+            labels = kwargs.pop("pdl_labels")
+        kwargs.pop("pdl_labels", None)
         kwargs.pop("num_items_in_batch", None)
         kwargs["use_cache"] = False
         hidden = self.base_model(*args, **kwargs).last_hidden_state
@@ -82,3 +92,4 @@ def add_pdl_head(model) -> None:
         return PDLHeadOutput(log_probs=-nll, targets=targets, entropy=entropy, is_top1=is_top1, label_mask=mask)
 
     model.forward = types.MethodType(forward, model)
+    model._pdl_head_installed = True

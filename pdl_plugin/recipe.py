@@ -161,6 +161,7 @@ def count_recipe_table(recipe, tokenizer, shard: tuple[int, int] | None = None) 
     """The table of the recipe's training split (or one contiguous shard of it), prepared as the trainer prepares it."""
     from transformers import AutoConfig
 
+    from .engine import data_fingerprint
     from .frequency import FrequencyTable, count_trained_tokens, tokenizer_fingerprint
     from .preparation import prepare_like_sft_trainer
 
@@ -172,5 +173,4 @@ def count_recipe_table(recipe, tokenizer, shard: tuple[int, int] | None = None) 
     config = AutoConfig.from_pretrained(recipe.model.model_name_or_path, revision=recipe.model.model_revision)
     vocab_rows = config.get_text_config().vocab_size
     counts = count_trained_tokens(prepared, vocab_rows)
-    fingerprint = getattr(prepared, "_fingerprint", None) or "unavailable"
-    return FrequencyTable(counts, tokenizer_fingerprint(tokenizer), masking, fingerprint)
+    return FrequencyTable(counts, tokenizer_fingerprint(tokenizer), masking, data_fingerprint(prepared))

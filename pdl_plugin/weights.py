@@ -1,13 +1,13 @@
-"""Token frequencies -> PDL weights. Pure tensor maths, no framework code."""
+"""Token frequencies -> PDL weights. Pure tensor maths, no framework code (the settings' checks live in settings.py)."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 
 from .errors import PDLConfigError
-
-NORMALIZE_MODES = ("weighted", "token")
-UNSEEN_POLICIES = ("rarest", "formula")
+from .settings import NORMALIZE_MODES, UNSEEN_POLICIES, check_alpha_epsilon
 
 
 def pdl_weights(freq: torch.Tensor, alpha: float, epsilon: float) -> torch.Tensor:
@@ -16,40 +16,10 @@ def pdl_weights(freq: torch.Tensor, alpha: float, epsilon: float) -> torch.Tenso
     Computed in float64 so that tiny frequencies and large alphas do not lose precision, returned as float32.
     """
     check_alpha_epsilon(alpha, epsilon)
-    freq = torch.as_tensor(freq, dtype=torch.float64)
-    if (freq < 0).any():
-        raise PDLConfigError("Token frequencies must be >= 0; got a negative entry. Pass counts or probabilities.")
+    freq = _as_float64(freq, "frequencies")
+    if not torch.isfinite(freq).all() or (freq < 0).any():
+        raise PDLConfigError("Token frequencies must be finite and >= 0; got a NaN, infinite or negative entry.")
     return (freq + epsilon).pow(-alpha).to(torch.float32)
-
-
-def as_number(name: str, value) -> float:
-    """A recipe value as a float: YAML reads `1e-6` as a string and the CLI passes strings; refuse anything else."""
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            raise PDLConfigError(f"{name} must be a number, got {value!r}. Write e.g. `{name}: 0.5`.") from None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise PDLConfigError(f"{name} must be a number, got {value!r}. Write e.g. `{name}: 0.5`.")
-    return float(value)
-
-
-def check_alpha_epsilon(alpha: float, epsilon: float) -> None:
-    """Refuse values that would silently turn PDL into something else (negative alpha up-weights frequent tokens)."""
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
-        raise PDLConfigError(f"pdl_alpha must be a number >= 0, got {alpha!r}. Set e.g. `pdl_alpha: 0.5`.")
-    if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)):
-        raise PDLConfigError(f"pdl_epsilon must be a number > 0, got {epsilon!r}. Set e.g. `pdl_epsilon: 1.0e-6`.")
-    if not alpha >= 0 or alpha == float("inf"):
-        raise PDLConfigError(
-            f"pdl_alpha must be a finite number >= 0, got {alpha}. Use 0 for plain cross-entropy, "
-            "or a value in [0.25, 1.5] as the paper suggests."
-        )
-    if not epsilon > 0 or epsilon == float("inf"):
-        raise PDLConfigError(
-            f"pdl_epsilon must be a finite number > 0, got {epsilon}. It keeps the weight of unseen tokens finite; "
-            "use a small value such as 1e-6."
-        )
 
 
 def token_weights_from_counts(
@@ -74,7 +44,9 @@ def token_weights_from_counts(
         raise PDLConfigError(f"pdl_unseen_weight must be one of {UNSEEN_POLICIES}, got {unseen!r}.")
     if normalize not in NORMALIZE_MODES:
         raise PDLConfigError(f"pdl_normalize must be one of {NORMALIZE_MODES}, got {normalize!r}.")
-    counts = torch.as_tensor(counts, dtype=torch.float64)
+    counts = _as_float64(counts, "counts")
+    if not torch.isfinite(counts).all() or (counts < 0).any():
+        raise PDLConfigError("Token counts must be finite and >= 0; got a NaN, infinite or negative entry.")
     total = counts.sum()
     if total <= 0:
         raise PDLConfigError(
@@ -86,12 +58,20 @@ def token_weights_from_counts(
         freq = torch.where(counts > 0, freq, freq[counts > 0].min())
     weights = pdl_weights(freq, alpha, epsilon).to(torch.float64)
     if max_weight is not None:
-        if not max_weight > 0:
-            raise PDLConfigError(f"pdl_max_weight must be > 0 or unset, got {max_weight}.")
+        if isinstance(max_weight, bool) or not isinstance(max_weight, (int, float)) or not 0 < max_weight < math.inf:
+            raise PDLConfigError(f"pdl_max_weight must be a finite number > 0 or unset, got {max_weight!r}.")
         weights = weights.clamp(max=max_weight * _mean_over_counted(weights, counts))
     if normalize == "token":
         weights = weights / _mean_over_counted(weights, counts)
     return weights.to(torch.float32)
+
+
+def _as_float64(values, name: str) -> torch.Tensor:
+    """A tensor or a sequence of numbers as float64; anything else is a clear error, not a torch traceback."""
+    try:
+        return torch.as_tensor(values, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError):
+        raise PDLConfigError(f"Token {name} must be a tensor or a sequence of numbers, got {values!r:.80}.") from None
 
 
 def _mean_over_counted(weights: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:

@@ -1,5 +1,8 @@
 """Resume: a run interrupted after 2 steps and resumed follows the uninterrupted loss curve; a changed table is refused."""
 
+import hashlib
+from pathlib import Path
+
 import pytest
 from datasets import Dataset
 from transformers import TrainerCallback
@@ -45,10 +48,17 @@ def test_interrupted_and_resumed_run_matches_the_uninterrupted_one(tmp_path, tok
         assert got[step] == pytest.approx(expected[step], rel=1e-5), step
 
 
+def _file_hashes(folder) -> dict:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(Path(folder).rglob("*")) if p.is_file()}
+
+
 def test_resuming_with_a_changed_table_or_alpha_is_refused(tmp_path, tokenizer):
     _trainer(tmp_path, tokenizer, "run", callbacks=[_StopAt(2)]).train()
+    before = _file_hashes(tmp_path / "run")
     other_data = Dataset.from_dict({"prompt": ["Other data"], "completion": [" entirely different words here"]})
     with pytest.raises(PDLConfigError, match="frequency table .*differ"):
         _trainer(tmp_path, tokenizer, "run", dataset=other_data).train(resume_from_checkpoint=True)
-    with pytest.raises(PDLConfigError, match=r"settings \['pdl_alpha'\] differ"):
+    with pytest.raises(PDLConfigError, match=r"settings pdl_alpha \(0.8 -> 0.3\) differ"):
         _trainer(tmp_path, tokenizer, "run", pdl_alpha=0.3).train(resume_from_checkpoint=True)
+    assert _file_hashes(tmp_path / "run") == before  # a refused resume changes none of the interrupted run's files

@@ -15,8 +15,12 @@ from pdl_plugin.frequency import TABLE_FILENAME
 
 
 def _independent_weights(counts: Counter, vocab: int, alpha: float, eps: float) -> torch.Tensor:
+    """Equation (3) on normalised counts; a token never counted gets the rarest counted token's weight (the default
+    `pdl_unseen_weight: rarest`)."""
     total = sum(counts.values())
-    return torch.tensor([(counts.get(i, 0) / total + eps) ** -alpha for i in range(vocab)], dtype=torch.float64)
+    rarest = min(counts.values()) / total
+    return torch.tensor([(counts[i] / total if counts.get(i) else rarest) + eps for i in range(vocab)],
+                        dtype=torch.float64) ** -alpha
 
 
 def _prompt_completion_counts(tokenizer) -> Counter:
@@ -176,6 +180,8 @@ def test_table_and_settings_are_saved_and_can_be_reused(tmp_path, tokenizer, pro
     first = PDLSFTTrainer(make_tiny_model(len(tokenizer)), cpu_args(tmp_path, loss_type="pdl"), prompt_completion,
                           processing_class=tokenizer)
     saved = tmp_path / "out" / TABLE_FILENAME
+    assert not saved.exists()  # nothing is written before every check has passed, i.e. before training starts
+    first.train()
     assert saved.is_file() and (tmp_path / "out" / "pdl_config.json").is_file()
     other_data = Dataset.from_dict({"prompt": ["x"], "completion": [" y"]})
     reused = PDLSFTTrainer(make_tiny_model(len(tokenizer)),
@@ -183,6 +189,7 @@ def test_table_and_settings_are_saved_and_can_be_reused(tmp_path, tokenizer, pro
                            processing_class=tokenizer)
     assert torch.equal(reused.pdl_table.counts, first.pdl_table.counts)
     assert torch.equal(reused.pdl_weights, first.pdl_weights)
+    reused.train()
     assert FrequencyTable.load(tmp_path / "again" / "out").total == first.pdl_table.total
 
 
@@ -210,7 +217,7 @@ def test_missing_table_is_refused_before_training(tmp_path, tokenizer, tiny_mode
 def test_dataset_with_no_trained_token_is_refused(tmp_path, tokenizer, tiny_model):
     ids = tokenizer("Nothing here is trained.")["input_ids"]
     dataset = Dataset.from_dict({"input_ids": [ids, ids], "labels": [[-100] * len(ids)] * 2})
-    with pytest.raises(PDLConfigError, match="no token of the training set is trained"):
+    with pytest.raises(PDLConfigError, match="counts no trained token"):
         PDLSFTTrainer(tiny_model, cpu_args(tmp_path, loss_type="pdl", max_length=None), dataset,
                       processing_class=tokenizer)
 
@@ -263,7 +270,7 @@ def test_alpha_warmup_starts_as_cross_entropy_and_reaches_alpha(tmp_path, tokeni
     args = cpu_args(tmp_path, loss_type="pdl", pdl_alpha=1.0, pdl_alpha_warmup_steps=2, max_steps=3,
                     per_device_train_batch_size=4)
     trainer = PDLSFTTrainer(tiny_model, args, prompt_completion, processing_class=tokenizer)
-    assert [trainer.pdl_alpha_at(step) for step in (0, 1, 2, 5)] == [0.0, 0.5, 1.0, 1.0]
+    assert [trainer.pdl_engine.alpha_at(step) for step in (0, 1, 2, 5)] == [0.0, 0.5, 1.0, 1.0]
     trainer.train()
     first, second, third = [entry for entry in trainer.state.log_history if "loss" in entry]
     assert [first["pdl_alpha"], second["pdl_alpha"], third["pdl_alpha"]] == [0.0, 0.5, 1.0]

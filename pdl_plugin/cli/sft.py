@@ -9,7 +9,8 @@ from rich.console import Console
 from ..errors import PDLConfigError
 from ..frequency import TABLE_FILENAME
 from ..report import weight_summary_table
-from ..trainer import SETTINGS_FILENAME, PDLSFTTrainer
+from ..engine import SETTINGS_FILENAME
+from ..trainer import PDLSFTTrainer
 from ..recipe import run_recipe
 from . import run_cli
 

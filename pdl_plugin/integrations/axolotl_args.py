@@ -5,31 +5,27 @@ these fields become top-level YAML keys and the validator below runs inside Axol
 whole raw config. Axolotl ignores keys it does not know, so this validator also refuses any `pdl_*` key that is not
 one of ours (a typo would otherwise silently keep the default) and any PDL setting given without `loss_type: pdl`.
 
-This module imports neither Axolotl nor torch: it can be read and tested without them.
+The fields and their checks come from `pdl_plugin.settings.PDLSettings`, the one declaration both hosts share. This
+module imports neither Axolotl, TRL nor torch: it can be read and tested without them.
 """
 
 from __future__ import annotations
 
-import difflib
-import math
+import dataclasses
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, create_model, model_validator
 
 from ..errors import PDLConfigError
-from ..weights import NORMALIZE_MODES, as_number, check_alpha_epsilon
+from ..settings import SETTING_NAMES, PDLSettings, check_keys, check_loss_type
 
 LOSS_TYPES = ("nll", "pdl")
 
 CCE_PLUGIN = "axolotl.integrations.cut_cross_entropy.CutCrossEntropyPlugin"
 
 
-class PDLArgs(BaseModel):
-    """`loss_type: pdl` and the `pdl_*` settings, with the same meaning and defaults as in the TRL recipes.
-
-    The fields default to None so that a config without PDL stays free of `pdl_*` keys after Axolotl's
-    `model_dump(exclude_none=True)`; `PDL_DEFAULTS` are applied when the plugin reads the validated config.
-    """
+class _LossTypeArg(BaseModel):
+    """`loss_type`, which Axolotl 0.19 does not have at the top level (only `trl.loss_type` for GRPO)."""
 
     loss_type: Literal["nll", "pdl"] | None = Field(
         default=None,
@@ -37,36 +33,6 @@ class PDLArgs(BaseModel):
             "description": "'pdl': the Power-Law Decay Loss (needs the pdl_plugin PDLPlugin under `plugins`). Unset or "
             "'nll': Axolotl's own cross-entropy, unchanged."
         },
-    )
-    pdl_alpha: float | None = Field(
-        default=None,
-        json_schema_extra={"description": "Decay exponent (>= 0); 0 is plain cross-entropy. Default 0.5."},
-    )
-    pdl_epsilon: float | None = Field(
-        default=None,
-        json_schema_extra={"description": "Smoothing (> 0) added to the normalised frequency. Default 1e-6."},
-    )
-    pdl_freq_path: str | None = Field(
-        default=None,
-        json_schema_extra={
-            "description": "A frequency table from `axolotl pdl-freq` or an earlier run (its output_dir or the "
-            ".safetensors file). Default: count the trained tokens of Axolotl's prepared training set."
-        },
-    )
-    pdl_normalize: Literal["weighted", "token"] | None = Field(
-        default=None,
-        json_schema_extra={
-            "description": "'weighted': sum w*nll / sum w over the optimizer step. 'token': weights with mean 1 over "
-            "the counted tokens, divided by the token count."
-        },
-    )
-    pdl_max_weight: float | None = Field(
-        default=None,
-        json_schema_extra={"description": "Optional cap on a weight, as a multiple of the mean counted weight."},
-    )
-    pdl_alpha_warmup_steps: int | None = Field(
-        default=None,
-        json_schema_extra={"description": "Ramp alpha linearly from 0 over this many optimizer steps. Default 0."},
     )
 
     @model_validator(mode="before")
@@ -77,56 +43,39 @@ class PDLArgs(BaseModel):
         return validate_pdl_settings(data)
 
 
-PDL_DEFAULTS = {
-    "pdl_alpha": 0.5,
-    "pdl_epsilon": 1e-6,
-    "pdl_freq_path": None,
-    "pdl_normalize": "weighted",
-    "pdl_max_weight": None,
-    "pdl_alpha_warmup_steps": 0,
-}
-PDL_KEYS = tuple(name for name in PDLArgs.model_fields if name.startswith("pdl_"))
+def _schema_fields() -> dict[str, Any]:
+    """Every `PDLSettings` field as an optional pydantic field with its help text.
+
+    They default to None so that a config without PDL stays free of `pdl_*` keys after Axolotl's
+    `model_dump(exclude_none=True)`; `PDLSettings` applies the defaults when the plugin reads the validated config.
+    Values are checked by `PDLSettings` in the validator, so the types here are loose (YAML reads `1e-6` as a string).
+    """
+    fields = {}
+    for setting in dataclasses.fields(PDLSettings):
+        description = f"{setting.metadata['help']} Default: {setting.default!r}."
+        fields[setting.name] = (Any, Field(default=None, json_schema_extra={"description": description}))
+    return fields
+
+
+PDLArgs = create_model("PDLArgs", __base__=_LossTypeArg, __module__=__name__, **_schema_fields())
+PDLArgs.__doc__ = "`loss_type: pdl` and the `pdl_*` settings of `PDLSettings`, as fields of Axolotl's config schema."
 
 
 def validate_pdl_settings(data: dict) -> dict:
-    """Check the PDL keys of a raw Axolotl config (a dict); return it with the numbers coerced. Raises PDLConfigError."""
-    for key in data:
-        if isinstance(key, str) and key.startswith("pdl_") and key not in PDL_KEYS:
-            close = difflib.get_close_matches(key, PDL_KEYS, n=1)
-            hint = f" Did you mean `{close[0]}`?" if close else f" The PDL keys are: {', '.join(PDL_KEYS)}."
-            raise PDLConfigError(f"Unknown key `{key}` in the Axolotl config.{hint} Remove or rename it.")
+    """Check the PDL keys of a raw Axolotl config (a dict); return it with the values coerced. Raises PDLConfigError."""
+    check_keys(data, "the Axolotl config")
     loss_type = data.get("loss_type")
     if loss_type is not None and loss_type not in LOSS_TYPES:
         raise PDLConfigError(
             f"loss_type must be one of {LOSS_TYPES} (or unset for Axolotl's own loss), got {loss_type!r}. "
             "Set `loss_type: pdl` for the Power-Law Decay Loss."
         )
-    given = [key for key in PDL_KEYS if data.get(key) is not None]
+    given = [key for key in SETTING_NAMES if data.get(key) is not None]
+    check_loss_type(loss_type, given, "Add `loss_type: pdl` (with `plugins: [pdl_plugin.integrations.axolotl.PDLPlugin]`)")
     if loss_type != "pdl":
-        if given:
-            raise PDLConfigError(
-                f"{', '.join(given)} set but loss_type is {loss_type!r}, so they would be ignored. Add `loss_type: pdl` "
-                "(with `plugins: [pdl_plugin.integrations.axolotl.PDLPlugin]`), or remove them."
-            )
         return data
-    data = dict(data)
-    for key in ("pdl_alpha", "pdl_epsilon", "pdl_max_weight"):
-        if data.get(key) is not None:
-            data[key] = as_number(key, data[key])
-    alpha, epsilon = data.get("pdl_alpha"), data.get("pdl_epsilon")
-    check_alpha_epsilon(PDL_DEFAULTS["pdl_alpha"] if alpha is None else alpha, 1e-6 if epsilon is None else epsilon)
-    max_weight = data.get("pdl_max_weight")
-    if max_weight is not None and not (max_weight > 0 and math.isfinite(max_weight)):
-        raise PDLConfigError(f"pdl_max_weight must be a finite number > 0 or unset, got {max_weight}.")
-    normalize = data.get("pdl_normalize")
-    if normalize is not None and normalize not in NORMALIZE_MODES:
-        raise PDLConfigError(f"pdl_normalize must be one of {NORMALIZE_MODES}, got {normalize!r}.")
-    warmup = data.get("pdl_alpha_warmup_steps")
-    if warmup is not None and (isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0):
-        raise PDLConfigError(f"pdl_alpha_warmup_steps must be a whole number >= 0, got {warmup!r}.")
-    freq_path = data.get("pdl_freq_path")
-    if freq_path is not None and not isinstance(freq_path, str):
-        raise PDLConfigError(f"pdl_freq_path must be a path, got {freq_path!r}.")
+    settings = PDLSettings.from_mapping(data)
+    data = {**data, **{key: getattr(settings, key) for key in given}}
     conflicts = pdl_conflicts(data)
     if conflicts:
         raise PDLConfigError("loss_type 'pdl' cannot be combined with " + "; ".join(conflicts))

@@ -29,18 +29,17 @@ def count_table(cfg):
     from axolotl.common.datasets import load_datasets
     from axolotl.loaders import load_tokenizer
 
+    from ..engine import data_fingerprint
     from ..frequency import FrequencyTable, count_trained_tokens, tokenizer_fingerprint
-    from .axolotl import PDLSettings, expected_output_rows
+    from .axolotl import expected_output_rows, masking_from_cfg, table_extra_from_cfg
 
     if cfg.get("rl") or cfg.get("pretraining_dataset"):
         raise PDLError("pdl-freq counts supervised (SFT) datasets; this config uses `rl` or `pretraining_dataset`.")
     tokenizer = load_tokenizer(cfg)
     meta = load_datasets(cfg=cfg)
-    settings = PDLSettings.from_cfg(cfg)
     counts = count_trained_tokens(meta.train_dataset, expected_output_rows(cfg, tokenizer))
-    fingerprint = getattr(meta.train_dataset, "_fingerprint", None) or "unavailable"
-    table = FrequencyTable(counts, tokenizer_fingerprint(tokenizer), settings.masking, fingerprint,
-                           extra=dict(settings.table_extra))
+    table = FrequencyTable(counts, tokenizer_fingerprint(tokenizer), masking_from_cfg(cfg),
+                           data_fingerprint(meta.train_dataset), extra=table_extra_from_cfg(cfg))
     return table, tokenizer
 
 
@@ -55,9 +54,11 @@ def pdl_freq(config: str, output: str | None, existing: str | None, plot: str | 
     from axolotl.cli.config import load_cfg
     from rich.console import Console
 
+    from ..engine import with_command
     from ..frequency import FrequencyTable, tokenizer_fingerprint
     from ..report import plot_rank_curves, weight_summary_table
-    from .axolotl import PDLSettings, expected_output_rows
+    from ..settings import PDLSettings
+    from .axolotl import RECOUNT_COMMAND, expected_output_rows
 
     console = Console()
     try:
@@ -67,7 +68,7 @@ def pdl_freq(config: str, output: str | None, existing: str | None, plot: str | 
                 f"{config} does not set `loss_type: pdl` with `plugins: [pdl_plugin.integrations.axolotl.PDLPlugin]`; "
                 "pdl-freq reads the PDL settings from there."
             )
-        settings = PDLSettings.from_cfg(cfg)
+        settings = PDLSettings.from_mapping(cfg)
         if existing:
             from axolotl.loaders import load_tokenizer
 
@@ -83,12 +84,12 @@ def pdl_freq(config: str, output: str | None, existing: str | None, plot: str | 
             path = table.save(Path(output) if output else Path(cfg.output_dir) / TABLE_FILENAME)
             console.print(f"Wrote {path} ({table.total:,} trained tokens). Reuse it with `pdl_freq_path: {path}`.")
         weights = table.weights(settings.pdl_alpha, settings.pdl_epsilon, settings.pdl_normalize,
-                                settings.pdl_max_weight)
+                                settings.pdl_max_weight, settings.pdl_unseen_weight)
         console.print(weight_summary_table(table, weights, tokenizer, k=top))
         if plot:
             console.print(f"Plot: {plot_rank_curves(table, weights, settings.pdl_alpha, Path(plot))}")
     except PDLError as err:
-        raise click.ClickException(str(err)) from None
+        raise click.ClickException(with_command(str(err), RECOUNT_COMMAND)) from None
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ RECIPES = REPO / "recipes" / "axolotl"
 HERE = Path(__file__).resolve().parent
 RECORDER = "pdl_axolotl_recorder.RecorderPlugin"
 PDL_PLUGIN = "pdl_plugin.integrations.axolotl.PDLPlugin"
+EMBEDDED_PLUGIN = "pdl_plugin.integrations.axolotl_embedded.EmbeddedResourcesPlugin"
 IGNORE = -100
 
 
@@ -42,7 +43,7 @@ def recipe(name: str, **overrides) -> dict:
 def short_config(tmp_path: Path, prepared: Path, name: str = "offline_dialogue_lora.yaml", **overrides) -> dict:
     """The offline twin, made short and deterministic: few steps, every step logged, no dropout, no clipping."""
     settings = dict(
-        plugins=[PDL_PLUGIN, RECORDER], output_dir=str(tmp_path / "out"), dataset_prepared_path=str(prepared),
+        plugins=[PDL_PLUGIN, EMBEDDED_PLUGIN, RECORDER], output_dir=str(tmp_path / "out"), dataset_prepared_path=str(prepared),
         max_steps=3, logging_steps=1, micro_batch_size=2, gradient_accumulation_steps=2, lora_dropout=0.0,
         max_grad_norm=0.0, warmup_steps=0, learning_rate=1.0e-3, lr_scheduler="constant",
     )

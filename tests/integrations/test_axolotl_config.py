@@ -78,10 +78,13 @@ def test_bad_pdl_settings_are_refused_before_anything_loads(tmp_path, overrides,
     [
         ({"cut_cross_entropy": True}, "cut_cross_entropy"),
         ({"plugins": ["pdl_plugin.integrations.axolotl.PDLPlugin",
-                      "axolotl.integrations.cut_cross_entropy.CutCrossEntropyPlugin"]}, "Cut Cross Entropy"),
-        ({"plugins": ["pdl_plugin.integrations.axolotl.PDLPlugin", "axolotl.integrations.liger.LigerPlugin"],
+                      "axolotl.integrations.cut_cross_entropy.CutCrossEntropyPlugin",
+                      "pdl_plugin.integrations.axolotl_embedded.EmbeddedResourcesPlugin"]}, "Cut Cross Entropy"),
+        ({"plugins": ["pdl_plugin.integrations.axolotl.PDLPlugin", "axolotl.integrations.liger.LigerPlugin",
+                              "pdl_plugin.integrations.axolotl_embedded.EmbeddedResourcesPlugin"],
           "liger_fused_linear_cross_entropy": True}, "liger_fused_linear_cross_entropy"),
-        ({"plugins": ["pdl_plugin.integrations.axolotl.PDLPlugin", "axolotl.integrations.liger.LigerPlugin"],
+        ({"plugins": ["pdl_plugin.integrations.axolotl.PDLPlugin", "axolotl.integrations.liger.LigerPlugin",
+                              "pdl_plugin.integrations.axolotl_embedded.EmbeddedResourcesPlugin"],
           "liger_cross_entropy": True}, "liger_cross_entropy"),
         ({"chunked_cross_entropy": True}, "chunked_cross_entropy"),
         ({"use_eaft": True}, "use_eaft"),
@@ -94,7 +97,8 @@ def test_fused_or_other_losses_are_refused_with_pdl(tmp_path, overrides, message
 
 
 def test_liger_without_its_cross_entropy_is_fine(tmp_path):
-    cfg = load(offline_lora(plugins=["pdl_plugin.integrations.axolotl.PDLPlugin", "axolotl.integrations.liger.LigerPlugin"],
+    cfg = load(offline_lora(plugins=["pdl_plugin.integrations.axolotl.PDLPlugin", "axolotl.integrations.liger.LigerPlugin",
+                              "pdl_plugin.integrations.axolotl_embedded.EmbeddedResourcesPlugin"],
                             liger_rms_norm=True), tmp_path)
     assert cfg.loss_type == "pdl"
 

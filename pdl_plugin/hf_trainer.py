@@ -1,0 +1,145 @@
+"""`PDLTrainerMixin`: connects a `PDLEngine` to the hooks of `transformers.Trainer`, which both hosts subclass.
+
+TRL's `SFTTrainer` and Axolotl's `AxolotlTrainer` are both `transformers.Trainer`s, so the step denominator
+(`_get_num_items_in_batch`), the logged metrics (`log`), the checkpoint files (`_save_checkpoint`) and the resume check
+(`train`) are connected here once. A host adapter builds the engine (`self.pdl_engine`, its own counting and masking)
+and computes the per-token log-probs of its model; everything else is the engine's.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import transformers
+from packaging.version import Version
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+
+from .engine import PDLEngine
+from .errors import PDLConfigError
+
+TRAINER_STATE_NAME = "trainer_state.json"  # written last by Trainer._save_checkpoint: a complete checkpoint has it
+
+
+def shifted_labels(batch: dict) -> torch.Tensor:
+    """The targets of a causal LM, aligned with per-token log-probs: `shift_labels` (padding-free collators) or
+    `labels[..., 1:]`."""
+    return batch["shift_labels"] if "shift_labels" in batch else batch["labels"][..., 1:]
+
+
+def _loss_already_scaled(*_args, **_kwargs):
+    raise RuntimeError("compute_loss_func placeholder: PDL computes the loss in compute_loss")
+
+
+class PDLTrainerMixin:
+    """Mix in before a `transformers.Trainer` subclass; set `self.pdl_engine` in the host's `__init__` (None = off).
+
+    The loss returned by `compute_loss` is already divided by the whole step's denominator, so the Trainer must not
+    divide it by the accumulation steps again: `loss_is_scaled_for_ga` says so (transformers >= 5.19); older versions
+    only look at `compute_loss_func`, which `_pdl_connect` fills with a placeholder, as TRL's base trainer does.
+    """
+
+    pdl_engine: PDLEngine | None = None
+    loss_is_scaled_for_ga = True
+
+    def _pdl_connect(self, engine: PDLEngine) -> None:
+        self.pdl_engine = engine
+        if self.args.world_size > 1 and not self.args.average_tokens_across_devices:
+            engine._log.warning(
+                "PDL: average_tokens_across_devices is off: each rank divides by its own weight sum, so the step's "
+                "loss is a mean of per-rank weighted means, not the exact PDL of the whole batch. Turn it on."
+            )
+        if Version(transformers.__version__) < Version("5.19.0"):
+            # Makes transformers compute `num_items_in_batch` and skip its division by the accumulation steps
+            self.model_accepts_loss_kwargs = False
+            if self.compute_loss_func is None:
+                self.compute_loss_func = _loss_already_scaled
+
+    @property
+    def pdl_table(self):
+        return None if self.pdl_engine is None else self.pdl_engine.table
+
+    @property
+    def pdl_weights(self) -> torch.Tensor | None:
+        """float32 weight of every row of the output embedding at the full alpha (None unless PDL is on)."""
+        return None if self.pdl_engine is None else self.pdl_engine.weights
+
+    # ---- the step ------------------------------------------------------------------------------------------------
+
+    def _pdl_ranks_per_batch(self) -> int:
+        """Ranks that see the same batch (tensor parallelism): each would count its tokens again."""
+        parallelism = getattr(self.accelerator, "parallelism_config", None)
+        return parallelism.non_data_parallel_size if parallelism is not None else 1
+
+    def _pdl_data_parallel_scale(self, num_items_in_batch) -> float:
+        """DDP averages gradients over ranks while the denominator already covers them all: scale back, like TRL."""
+        if num_items_in_batch is None or not self.args.average_tokens_across_devices:
+            return 1.0
+        return self.accelerator.num_processes // self._pdl_ranks_per_batch()
+
+    def _get_num_items_in_batch(self, batch_samples: list, device: torch.device):
+        """The step's denominator: the weight sum (or count) of its trained tokens, over all micro-batches and ranks."""
+        if self.pdl_engine is None:
+            return super()._get_num_items_in_batch(batch_samples, device)
+        gather = None
+        if self.args.average_tokens_across_devices and self.args.world_size > 1:
+            gather = lambda total: self.accelerator.gather(total).sum()  # noqa: E731
+        return self.pdl_engine.step_denominator(
+            [shifted_labels(batch) for batch in batch_samples], device, self.state.global_step,
+            all_reduce=gather, ranks_per_batch=self._pdl_ranks_per_batch(),
+        )
+
+    def _pdl_loss(self, log_probs, targets, num_items_in_batch, training: bool, scale: float = 1.0) -> torch.Tensor:
+        return self.pdl_engine.loss(
+            log_probs, targets, step=self.state.global_step, training=training,
+            num_items_in_batch=num_items_in_batch, scale=scale,
+        )
+
+    # ---- logs ----------------------------------------------------------------------------------------------------
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Add, beside the PDL `loss`, the plain cross-entropy of the same tokens and their mean weight."""
+        mode = "train" if "loss" in logs else "eval" if "eval_loss" in logs else None
+        if self.pdl_engine is not None and mode is not None:
+            reduce = lambda totals: self.accelerator.reduce(totals.to(self.accelerator.device), "sum").cpu()  # noqa: E731
+            logs.update(self.pdl_engine.pop_metrics(mode, self.state.global_step, reduce))
+        super().log(logs, start_time)
+
+    # ---- files ---------------------------------------------------------------------------------------------------
+
+    def _save_checkpoint(self, model, trial, *args, **kwargs):
+        """Write the PDL files into the checkpoint before the Trainer's own: a checkpoint the Trainer can resume from
+        (its `trainer_state.json` is written last) always has them."""
+        if self.pdl_engine is not None and self.args.should_save:
+            folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            self.pdl_engine.save(folder)
+        return super()._save_checkpoint(model, trial, *args, **kwargs)
+
+    def train(self, resume_from_checkpoint=None, **kwargs):
+        """Check a resume against the engine, then write the run's PDL files: nothing is written before that."""
+        if self.pdl_engine is not None:
+            if resume_from_checkpoint:
+                self.pdl_engine.check_resume(self._pdl_checkpoint_folder(resume_from_checkpoint))
+            if self.args.should_save:
+                self.pdl_engine.save(self.args.output_dir)
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+    def _pdl_checkpoint_folder(self, checkpoint) -> Path:
+        if checkpoint is True:
+            found = get_last_checkpoint(self.args.output_dir) if Path(self.args.output_dir).is_dir() else None
+            if found is None:
+                raise PDLConfigError(
+                    f"resume_from_checkpoint is true but {self.args.output_dir} holds no checkpoint-N folder. Train "
+                    "without resuming, or pass the path of a checkpoint."
+                )
+            checkpoint = found
+        folder = Path(checkpoint)
+        if not folder.is_dir():
+            raise PDLConfigError(f"Cannot resume from {folder}: no such checkpoint folder. Pass an existing "
+                                 "checkpoint-N folder, or train without resuming.")
+        if not (folder / TRAINER_STATE_NAME).is_file():
+            raise PDLConfigError(
+                f"Cannot resume from {folder}: it has no {TRAINER_STATE_NAME}, so it was interrupted while being "
+                "saved. Resume from the previous checkpoint, or delete this folder."
+            )
+        return folder
