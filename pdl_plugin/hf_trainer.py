@@ -17,6 +17,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 
 from .engine import PDLEngine
 from .errors import PDLConfigError
+from .fused_head import add_pdl_head, pdl_head_unsupported
 
 TRAINER_STATE_NAME = "trainer_state.json"  # written last by Trainer._save_checkpoint: a complete checkpoint has it
 
@@ -42,8 +43,17 @@ class PDLTrainerMixin:
     pdl_engine: PDLEngine | None = None
     loss_is_scaled_for_ga = True
 
-    def _pdl_connect(self, engine: PDLEngine) -> None:
+    def _pdl_connect(self, engine: PDLEngine, core_model, fallback: str, blocker: str | None = None) -> None:
+        """Attach the engine and install the trained-positions head on `core_model` (the transformers model under
+        any PEFT wrapper) unless it cannot serve it (or `blocker` says why not); then the host's `fallback` computes
+        the log-probs, which is logged."""
         self.pdl_engine = engine
+        unsupported = blocker or pdl_head_unsupported(core_model)
+        if unsupported is None:
+            add_pdl_head(core_model)
+        else:
+            engine._log.info("PDL: %s, because %s.", fallback, unsupported)
+        self._pdl_head = unsupported is None
         if self.args.world_size > 1 and not self.args.average_tokens_across_devices:
             engine._log.warning(
                 "PDL: average_tokens_across_devices is off: each rank divides by its own weight sum, so the step's "

@@ -19,7 +19,6 @@ from .config import PDLSFTConfig
 from .engine import PDLEngine
 from .errors import PDLConfigError
 from .frequency import tokenizer_fingerprint
-from .fused_head import add_pdl_head, pdl_head_unsupported
 from .hf_trainer import PDLTrainerMixin, shifted_labels
 from .preparation import check_dataset_columns, explain_template_errors, masking_mode
 from .quantization import guard_cpu_4bit_gradients
@@ -70,13 +69,8 @@ class PDLSFTTrainer(PDLTrainerMixin, SFTTrainer):
             output_rows=core.get_output_embeddings().weight.shape[0],
             tokenizer_fingerprint=tokenizer_fingerprint(self._tokenizer), masking=masking, log=logger,
         )
-        unsupported = pdl_head_unsupported(core) or ("MoE auxiliary loss is on" if self.aux_loss_enabled else None)
-        if unsupported is None:
-            add_pdl_head(core)
-        else:
-            logger.info("PDL uses TRL's fused LM head (every position scored) because %s.", unsupported)
-        self._pdl_head = unsupported is None
-        self._pdl_connect(engine)
+        self._pdl_connect(engine, core, fallback="TRL's fused LM head scores every position",
+                          blocker="MoE auxiliary loss is on" if self.aux_loss_enabled else None)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self.pdl_engine is None:

@@ -83,7 +83,7 @@ def test_loss_of_one_batch_is_the_weighted_mean_of_a_direct_formula(
 ):
     """Both loss paths: our head on trained positions, and TRL's fused head (used for models ours does not serve)."""
     if head == "trl":
-        monkeypatch.setattr("pdl_plugin.trainer.pdl_head_unsupported", lambda model: "a test forces TRL's head")
+        monkeypatch.setattr("pdl_plugin.hf_trainer.pdl_head_unsupported", lambda model: "a test forces TRL's head")
     alpha, eps = 0.7, 1e-6
     args = cpu_args(tmp_path, loss_type="pdl", pdl_alpha=alpha, pdl_epsilon=eps)
     trainer = PDLSFTTrainer(tiny_model, args, prompt_completion, processing_class=tokenizer)

@@ -29,7 +29,7 @@ from axolotl.utils.logging import get_logger
 from ..engine import PDLEngine, with_command
 from ..errors import FrequencyTableError, PDLConfigError, PDLError
 from ..frequency import IGNORE_INDEX, FrequencyTable, tokenizer_fingerprint
-from ..fused_head import PDLHeadOutput, add_pdl_head, pdl_head_unsupported
+from ..fused_head import PDLHeadOutput
 from ..hf_trainer import PDLTrainerMixin
 from ..quantization import guard_cpu_4bit_gradients
 from ..settings import PDLSettings
@@ -120,13 +120,7 @@ class PDLAxolotlMixin(PDLTrainerMixin):
             table_extra=table_extra_from_cfg(cfg), recount_command=RECOUNT_COMMAND, log=LOG,
         )
         core = model.get_base_model() if hasattr(model, "get_base_model") else model
-        unsupported = pdl_head_unsupported(core)
-        if unsupported is None:
-            add_pdl_head(core)
-        else:
-            LOG.info("PDL: computed from the model's full logits because %s.", unsupported)
-        self._pdl_head = unsupported is None
-        self._pdl_connect(engine)
+        self._pdl_connect(engine, core, fallback="computed from the model's full logits")
         self.compute_loss_func = self._pdl_loss_from_outputs
         table, settings = engine.table, engine.settings
         LOG.info(
