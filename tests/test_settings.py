@@ -1,0 +1,84 @@
+"""One declaration of the settings: both hosts derive their fields from it and accept exactly the same values."""
+
+import dataclasses
+import math
+
+import pytest
+
+from pdl_plugin import PDLConfigError, PDLSettings
+from pdl_plugin.integrations.axolotl_args import PDLArgs, validate_pdl_settings
+from pdl_plugin.settings import DEFAULTS, SETTING_NAMES
+
+# value -> accepted? The same table is put to both hosts.
+CASES = [
+    ({"pdl_alpha": 0.0}, True), ({"pdl_alpha": "0.75"}, True), ({"pdl_alpha": -0.1}, False),
+    ({"pdl_alpha": math.nan}, False), ({"pdl_alpha": math.inf}, False), ({"pdl_alpha": "strong"}, False),
+    ({"pdl_epsilon": "1e-6"}, True), ({"pdl_epsilon": 0.0}, False), ({"pdl_epsilon": math.inf}, False),
+    ({"pdl_max_weight": 20}, True), ({"pdl_max_weight": math.inf}, False), ({"pdl_max_weight": 0}, False),
+    ({"pdl_max_weight": "abc"}, False), ({"pdl_normalize": "token"}, True), ({"pdl_normalize": "mean"}, False),
+    ({"pdl_alpha_warmup_steps": 3}, True), ({"pdl_alpha_warmup_steps": -1}, False),
+    ({"pdl_alpha_warmup_steps": 1.5}, False), ({"pdl_unseen_weight": "formula"}, True),
+    ({"pdl_unseen_weight": "zero"}, False), ({"pdl_freq_path": ""}, False), ({"pdl_freq_path": "t.safetensors"}, True),
+    ({"pdl_resume_without_table": True}, True), ({"pdl_resume_without_table": "yes"}, False),
+]
+
+
+def _trl_accepts(values: dict) -> bool:
+    from pdl_plugin import PDLSFTConfig
+
+    try:
+        PDLSFTConfig(output_dir="/tmp/unused", loss_type="pdl", bf16=False, use_cpu=True, report_to=[], **values)
+    except PDLConfigError:
+        return False
+    return True
+
+
+def _axolotl_accepts(values: dict) -> bool:
+    try:
+        validate_pdl_settings({"loss_type": "pdl", **values})
+    except PDLConfigError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize(("values", "accepted"), CASES, ids=[str(v) for v, _ in CASES])
+def test_both_hosts_accept_exactly_the_same_values(values, accepted):
+    assert _trl_accepts(values) is accepted
+    assert _axolotl_accepts(values) is accepted
+
+
+def test_every_setting_is_a_field_of_both_hosts_with_its_help():
+    from pdl_plugin import PDLSFTConfig
+
+    trl_fields = {f.name: f for f in dataclasses.fields(PDLSFTConfig)}
+    for setting in dataclasses.fields(PDLSettings):
+        assert trl_fields[setting.name].default == setting.default
+        assert trl_fields[setting.name].metadata["help"] == setting.metadata["help"]
+        assert setting.metadata["help"] in PDLArgs.model_fields[setting.name].json_schema_extra["description"]
+    assert set(SETTING_NAMES) <= set(PDLArgs.model_fields)
+
+
+def test_pdl_keys_without_loss_type_pdl_are_refused_on_both_hosts():
+    from pdl_plugin import PDLSFTConfig
+
+    with pytest.raises(PDLConfigError, match="pdl_alpha set but loss_type is 'nll'"):
+        PDLSFTConfig(output_dir="/tmp/unused", loss_type="nll", pdl_alpha=0.9, bf16=False, use_cpu=True)
+    with pytest.raises(PDLConfigError, match="pdl_alpha set but loss_type is 'nll'"):
+        validate_pdl_settings({"loss_type": "nll", "pdl_alpha": 0.9})
+    assert PDLSFTConfig(output_dir="/tmp/unused", bf16=False, use_cpu=True).pdl_alpha == DEFAULTS["pdl_alpha"]
+
+
+def test_liger_kernel_is_refused_with_pdl():
+    from pdl_plugin import PDLSFTConfig
+
+    with pytest.raises(PDLConfigError, match="use_liger_kernel"):
+        PDLSFTConfig(output_dir="/tmp/unused", loss_type="pdl", use_liger_kernel=True, bf16=False, use_cpu=True)
+
+
+def test_the_axolotl_side_imports_neither_trl_nor_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, pdl_plugin.integrations.axolotl_args, pdl_plugin.settings; "
+            "assert 'trl' not in sys.modules and 'torch' not in sys.modules, sorted(sys.modules)")
+    subprocess.run([sys.executable, "-c", code], check=True)
