@@ -290,3 +290,18 @@ def test_pdl_head_declines_models_whose_logits_it_would_get_wrong(tiny_model):
     assert pdl_head_unsupported(tiny_model) is None
     tiny_model.config.final_logit_softcapping = 30.0
     assert "final_logit_softcapping" in pdl_head_unsupported(tiny_model)
+
+
+
+def test_installing_the_head_twice_keeps_one_head(tokenizer):
+    """A trained model handed to a second trainer (as pdl-eval does) must not stack forward wrappers."""
+    from pdl_plugin.fused_head import add_pdl_head
+
+    model = make_tiny_model(len(tokenizer))
+    add_pdl_head(model)
+    patched = model.forward.__func__
+    add_pdl_head(model)
+    assert model.forward.__func__ is patched
+    ids = torch.tensor([[1, 2, 3, 4]])
+    out = model(input_ids=ids, labels=torch.tensor([[-100, 5, -100, 7]]), pdl_head=True)
+    assert out.targets.tolist() == [5, 7]

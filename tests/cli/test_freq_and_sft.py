@@ -35,6 +35,8 @@ def test_freq_equals_the_trainer_table_for_prompt_completion(tmp_path, tokenizer
     table = freq(["--config", recipe, "--output", str(tmp_path / "t.safetensors"), "--plot", str(tmp_path / "p.png")])
     expected = _trainer_table(tmp_path, tokenizer, rows)
     assert torch.equal(table.counts, expected.counts) and table.masking == expected.masking == "completion_only"
+    # the same data, so the same fingerprint: a reused table is not reported as counted on other data
+    assert table.data_fingerprint == expected.data_fingerprint != "unavailable"
     assert torch.equal(FrequencyTable.load(tmp_path / "t.safetensors").counts, expected.counts)
     assert (tmp_path / "p.png").stat().st_size > 10_000
 
@@ -45,6 +47,7 @@ def test_freq_equals_the_trainer_table_for_assistant_only_conversations(tmp_path
     table = freq(["--config", recipe, "--output", str(tmp_path / "t.safetensors")])
     expected = _trainer_table(tmp_path, tokenizer, rows, assistant_only_loss=True)
     assert torch.equal(table.counts, expected.counts) and table.masking == "assistant_only"
+    assert table.data_fingerprint == expected.data_fingerprint != "unavailable"
 
 
 def test_freq_inspects_an_existing_table(tmp_path):
