@@ -1,14 +1,18 @@
-"""Run by tests/test_fsdp2.py under `torch.distributed.run` (CPU processes, gloo). Two modes, each saving rank 0's
-result with `torch.save`:
+"""Run by tests/test_fsdp2.py and tests/test_deepspeed.py under `torch.distributed.run` (CPU processes, gloo). Two
+modes, each saving rank 0's result with `torch.save`:
 
-`trainer TOKENIZER OUTPUT PER_DEVICE ACCUMULATION FSDP`: one SGD step of PDLSFTTrainer (loss_type pdl, alpha 1, lr 1,
-no clipping) with LoRA (peft LoraConfig, all-linear, random B so that A and B both move) on a tiny Llama; saves the
-LoRA parameters before and after. FSDP=1 asks the Trainer for FSDP2 (`fsdp=True`, `fsdp_config={"version": 2}`).
-accelerate 1.15 takes the FSDP plugin only for GPU-like distributed types (`AcceleratorState`: MULTI_GPU, MULTI_XPU,
-...): on CPU it silently stays MULTI_CPU and the Trainer wraps the model in DDP. FSDP=1 therefore also lifts that one
-device gate (`_force_fsdp_on_cpu`), after which accelerate's own FSDP2 preparation (`fsdp2_prepare_model`:
-`fully_shard` per decoder layer, the embedding/norm/LM-head tail, the root) and the Trainer's FSDP code paths run
-unchanged. FSDP=2 asks for FSDP2 without lifting the gate and reports what the Trainer actually built.
+`trainer TOKENIZER OUTPUT PER_DEVICE ACCUMULATION ENGINE`: one SGD step of PDLSFTTrainer (loss_type pdl, alpha 1,
+lr 1, no clipping) with LoRA (peft LoraConfig, all-linear, random B so that A and B both move) on a tiny Llama; saves
+the LoRA parameters before and after (gathered whole) and what the Trainer built. ENGINE:
+- `none`: plain data parallel (DDP under torchrun, or one process);
+- `fsdp2`: FSDP2 asked of the Trainer (`fsdp=True`, `fsdp_config={"version": 2}`). accelerate 1.15 takes the FSDP
+  plugin only for GPU-like distributed types (`AcceleratorState`: MULTI_GPU, MULTI_XPU, ...): on CPU it silently
+  stays MULTI_CPU and the Trainer wraps the model in DDP. `fsdp2` therefore lifts that one device gate
+  (`_force_fsdp_on_cpu`), after which accelerate's own FSDP2 preparation (`fsdp2_prepare_model`: `fully_shard` per
+  decoder layer, the embedding/norm/LM-head tail, the root) and the Trainer's FSDP code paths run unchanged;
+- `fsdp2-as-asked`: the same request without lifting the gate (what a user gets on CPU);
+- `zero2`, `zero3`: DeepSpeed ZeRO stage 2 or 3 through the Trainer's `deepspeed=` config (with `use_cpu=True`,
+  accelerate runs DeepSpeed's CPU accelerator over gloo).
 
 `shard TOKENIZER OUTPUT SHARD TIED`: the PDL head and loss without the Trainer: full finetuning of a tiny Llama, PDL
 weights from the batch's own token counts (alpha 1), loss = sum w*nll / sum w over the whole global batch of 4 rows.
@@ -67,21 +71,44 @@ def _full(tensor: torch.Tensor) -> torch.Tensor:
     return (tensor.full_tensor() if isinstance(tensor, DTensor) else tensor).detach().clone()
 
 
-def trainer_step(tokenizer_path: str, output: str, per_device: int, accumulation: int, fsdp: int) -> None:
+def _engine_args(engine: str) -> dict:
+    if engine.startswith("fsdp2"):
+        return dict(fsdp=True, fsdp_config={"version": 2, "transformer_layer_cls_to_wrap": ["LlamaDecoderLayer"]})
+    if engine.startswith("zero"):
+        return dict(deepspeed={
+            "zero_optimization": {"stage": int(engine[-1])}, "train_micro_batch_size_per_gpu": "auto",
+            "gradient_accumulation_steps": "auto", "gradient_clipping": "auto", "bf16": {"enabled": False},
+            "zero_allow_untested_optimizer": True,  # the Trainer's torch SGD
+        })
+    assert engine == "none", engine
+    return {}
+
+
+def _gathered(model, names) -> dict[str, torch.Tensor]:
+    """Whole copies of the named parameters (collective under FSDP2 and ZeRO-3: every rank calls it)."""
+    params = [p for n, p in model.named_parameters() if n in names]
+    if any(hasattr(p, "ds_id") for p in params):
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(params):
+            return {n: p.detach().clone() for n, p in model.named_parameters() if n in names}
+    return {n: _full(p) for n, p in model.named_parameters() if n in names}
+
+
+def trainer_step(tokenizer_path: str, output: str, per_device: int, accumulation: int, engine: str) -> None:
     from peft import LoraConfig
 
     from pdl_plugin import PDLSFTTrainer
 
-    if fsdp == 1:
+    if engine == "fsdp2":
         _force_fsdp_on_cpu()
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
     model = make_tiny_model(len(tokenizer), seed=3)
-    fsdp_args = dict(fsdp=True, fsdp_config={"version": 2, "transformer_layer_cls_to_wrap": ["LlamaDecoderLayer"]})
     args = cpu_args(
         Path(output).parent / Path(output).stem, loss_type="pdl", pdl_alpha=1.0, optim="sgd", learning_rate=1.0,
         lr_scheduler_type="constant", max_grad_norm=0.0, weight_decay=0.0, max_steps=1, ddp_backend="gloo",
         per_device_train_batch_size=per_device, gradient_accumulation_steps=accumulation,
-        average_tokens_across_devices=True, **(fsdp_args if fsdp else {}),
+        average_tokens_across_devices=True, **_engine_args(engine),
     )
     torch.manual_seed(11)
     peft_config = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False)
@@ -91,7 +118,7 @@ def trainer_step(tokenizer_path: str, output: str, per_device: int, accumulation
     seen = _record_head_weight_type(trainer.model)
     distributed_type, fsdp2 = str(trainer.accelerator.distributed_type), bool(trainer.accelerator.is_fsdp2)
     trainer.train()
-    after = {n: _full(p) for n, p in trainer.model.named_parameters() if n in before}  # collective under FSDP
+    after = _gathered(trainer.model, before)
     if trainer.accelerator.is_main_process:
         torch.save({
             "before": before, "after": after, "world_size": trainer.accelerator.num_processes,
@@ -153,6 +180,6 @@ def shard_step(tokenizer_path: str, output: str, shard: int, tied: int) -> None:
 if __name__ == "__main__":
     mode, tokenizer_path, output, *rest = sys.argv[1:]
     if mode == "trainer":
-        trainer_step(tokenizer_path, output, *map(int, rest))
+        trainer_step(tokenizer_path, output, int(rest[0]), int(rest[1]), rest[2])
     else:
         shard_step(tokenizer_path, output, *map(int, rest))

@@ -48,14 +48,14 @@ def _relative_error(run, reference) -> float:
 @pytest.fixture(scope="module")
 def single_process_step(tmp_path_factory, smol_path):
     """1 process x batch 4, no FSDP: the reference LoRA step."""
-    result = _run(tmp_path_factory.mktemp("single"), "single", 1, "trainer", smol_path, 4, 1, 0)
+    result = _run(tmp_path_factory.mktemp("single"), "single", 1, "trainer", smol_path, 4, 1, "none")
     assert result["world_size"] == 1
     return result
 
 
 def test_trainer_fsdp2_lora_step_equals_single_process(tmp_path, smol_path, single_process_step):
     """2 processes x batch 1 x accumulation 2 under accelerate's FSDP2 = 1 process x batch 4 (LoRA, PDL alpha 1)."""
-    fsdp = _run(tmp_path, "fsdp2", 2, "trainer", smol_path, 1, 2, 1)
+    fsdp = _run(tmp_path, "fsdp2", 2, "trainer", smol_path, 1, 2, "fsdp2")
     assert (fsdp["world_size"], fsdp["distributed_type"], fsdp["fsdp2"]) == (2, "DistributedType.FSDP", True)
     assert fsdp["wrapper"] == "FSDPPeftModel" and fsdp["dtensor_params"] > 0  # really sharded
     relative_error = _relative_error(fsdp, single_process_step)
@@ -65,7 +65,7 @@ def test_trainer_fsdp2_lora_step_equals_single_process(tmp_path, smol_path, sing
 def test_fsdp_asked_on_cpu_falls_back_to_ddp_and_stays_exact(tmp_path, smol_path, single_process_step):
     """Without the worker's override, accelerate ignores the FSDP request on CPU: DDP, no DTensor. If this starts
     failing, accelerate runs FSDP on CPU by itself and the override in tests/fsdp2_worker.py can go."""
-    dropped = _run(tmp_path, "dropped", 2, "trainer", smol_path, 1, 2, 2)
+    dropped = _run(tmp_path, "dropped", 2, "trainer", smol_path, 1, 2, "fsdp2-as-asked")
     assert (dropped["distributed_type"], dropped["fsdp2"]) == ("DistributedType.MULTI_CPU", False)
     assert (dropped["wrapper"], dropped["dtensor_params"]) == ("DistributedDataParallel", 0)
     relative_error = _relative_error(dropped, single_process_step)
