@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import difflib
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 from trl import DatasetMixtureConfig, ModelConfig, ScriptArguments, TrlParser
@@ -15,7 +16,11 @@ from trl import DatasetMixtureConfig, ModelConfig, ScriptArguments, TrlParser
 from .config import PDLSFTConfig
 from .data.embedded_model import EMBEDDED_PREFIX, resolve_embedded_model
 from .data.registry import resolve_embedded_dataset
-from .errors import PDLConfigError, PDLError
+from .errors import PDLConfigError, PDLDataError, PDLError
+
+if TYPE_CHECKING:
+    from .frequency import FrequencyTable
+    from .preparation import PreparationReport
 
 
 @dataclass
@@ -41,13 +46,49 @@ def known_keys() -> set[str]:
     return {action.dest for action in _parser()._actions} - {"help"}
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a mapping that repeats a key (PyYAML keeps the last one silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            self.flatten_mapping(node)
+            seen: dict = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.setdefault(key, key_node.start_mark.line + 1)
+                except TypeError:  # an unhashable key: let PyYAML report it
+                    continue
+                if first != key_node.start_mark.line + 1:
+                    raise PDLConfigError(
+                        f"Recipe {self.name}: the key `{key}` appears twice (lines {first} and "
+                        f"{key_node.start_mark.line + 1}); YAML would silently keep the last one. Keep one of them."
+                    )
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_recipe_file(path: str | Path) -> dict:
-    """Load the YAML mapping, refusing a missing file, bad YAML, or a key no dataclass knows (naming the key)."""
+    """Load the YAML mapping, refusing a missing file, bad YAML, a repeated key, or a key no dataclass knows."""
     path = Path(path)
     if not path.is_file():
         raise PDLConfigError(f"Recipe file {path} not found. Pass an existing YAML file, e.g. one under recipes/.")
     try:
-        config = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = path.read_bytes()[: err.start].count(b"\n") + 1
+        raise PDLConfigError(
+            f"Recipe {path} is not UTF-8 text (byte {path.read_bytes()[err.start]:#04x} on line {line}). Save it as "
+            "UTF-8 (e.g. `iconv -f latin1 -t utf-8`)."
+        ) from None
+    except OSError as err:
+        raise PDLConfigError(f"Cannot read the recipe {path}: {err.strerror or err}.") from None
+    try:
+        loader = _UniqueKeyLoader(text)
+        loader.name = str(path)
+        try:
+            config = loader.get_single_data()
+        finally:
+            loader.dispose()
     except yaml.YAMLError as err:
         raise PDLConfigError(f"Recipe {path} is not valid YAML: {err}") from None
     if not isinstance(config, dict):
@@ -87,7 +128,21 @@ def parse_recipe(argv: list[str]) -> Recipe:
     finally:
         sys.argv = saved_argv
     model.model_name_or_path = resolve_model(model.model_name_or_path)
+    training.resume_from_checkpoint = _resume_value(training.resume_from_checkpoint)
     return Recipe(script, training, model, datasets)
+
+
+def _resume_value(value):
+    """`resume_from_checkpoint` as the Trainer takes it: True (the last checkpoint of output_dir), a path, or None.
+
+    On the command line `--resume_from_checkpoint true` arrives as the string 'true', which the Trainer would take
+    for a folder named `true`."""
+    if isinstance(value, str) and not Path(value).exists():
+        if value.strip().lower() in ("true", "yes", "last"):
+            return True
+        if value.strip().lower() in ("false", "no", "none", "null", ""):
+            return None
+    return value or None
 
 
 def resolve_model(name: str | None) -> str:
@@ -104,11 +159,14 @@ def load_recipe_datasets(recipe: Recipe):
 
     script = recipe.script
     if recipe.datasets.datasets:
-        dataset = get_dataset(recipe.datasets)
+        check_local_data_files(recipe.datasets.datasets)
+        with _explain_dataset_errors("the `datasets:` mixture of the recipe"):
+            dataset = get_dataset(recipe.datasets)
     elif script.dataset_name and script.dataset_name.startswith(EMBEDDED_PREFIX):
         dataset = resolve_embedded_dataset(script.dataset_name)
     elif script.dataset_name:
-        dataset = load_dataset(script.dataset_name, name=script.dataset_config, streaming=script.dataset_streaming)
+        with _explain_dataset_errors(f"`dataset_name: {script.dataset_name}`"):
+            dataset = load_dataset(script.dataset_name, name=script.dataset_config, streaming=script.dataset_streaming)
     else:
         raise PDLConfigError("The recipe names no dataset: set `dataset_name` (hub id, local path or "
                              f"`{EMBEDDED_PREFIX}dialogue`) or a `datasets:` mixture.")
@@ -128,6 +186,184 @@ def load_recipe_datasets(recipe: Recipe):
     return train, dataset[eval_split] if evaluate else None
 
 
+_LOCAL_BUILDERS = {"json", "csv", "parquet", "text", "arrow", "pandas", "webdataset", "xml", "sql"}
+
+
+def check_local_data_files(entries) -> None:
+    """Refuse, before loading, a `datasets:` entry whose local `data_files` (or local folder `path`) do not exist."""
+    for entry in entries:
+        files = entry.data_files
+        if isinstance(files, dict):
+            names = [name for value in files.values() for name in ([value] if isinstance(value, str) else value)]
+        elif isinstance(files, str):
+            names = [files]
+        else:
+            names = list(files or [])
+        for name in names:
+            if not isinstance(name, str) or "://" in name or any(char in name for char in "*?["):
+                continue  # a URL or a glob: datasets resolves those
+            if entry.path in _LOCAL_BUILDERS and not Path(name).expanduser().exists():
+                base = Path(entry.data_dir) / name if entry.data_dir else None
+                if base is None or not base.exists():
+                    raise PDLDataError(
+                        f"Data file {name} (under `datasets:`, path `{entry.path}`) not found. Fix the path in "
+                        "`data_files`; relative paths count from the folder you run the command in."
+                    )
+        path = str(entry.path)
+        if path.startswith((".", "/", "~")) and not Path(path).expanduser().exists():
+            raise PDLDataError(f"Dataset folder {path} (under `datasets:`) not found. Fix `path` in the recipe.")
+
+
+class _explain_dataset_errors:
+    """Loading errors of `datasets` (missing files, hub unreachable or offline) as one message naming the source."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, err, tb):
+        if err is None or isinstance(err, PDLError):
+            return False
+        from datasets.exceptions import DatasetNotFoundError
+
+        if isinstance(err, FileNotFoundError):
+            raise PDLDataError(
+                f"Cannot load {self.source}: {err}. Fix the path (a local folder or file must exist), or name a "
+                "dataset on the hub."
+            ) from None
+        if isinstance(err, (ConnectionError, DatasetNotFoundError)):
+            raise PDLDataError(
+                f"Cannot load {self.source}: {err}. A hub dataset needs network access (and no HF_HUB_OFFLINE / "
+                "HF_DATASETS_OFFLINE), or download it first; a local dataset needs an existing path."
+            ) from None
+        if isinstance(err, (OSError, UnicodeDecodeError)) or type(err).__module__.startswith(("datasets", "pyarrow")):
+            raise PDLDataError(f"Cannot load {self.source}: {type(err).__name__}: {err}") from None
+        return False
+
+
+def model_vocab_rows(recipe: Recipe) -> int:
+    """The rows of the recipe's model's output embedding, from its config alone (no weights are loaded)."""
+    from transformers import AutoConfig
+
+    name = recipe.model.model_name_or_path
+    try:
+        config = AutoConfig.from_pretrained(
+            name, revision=recipe.model.model_revision, trust_remote_code=recipe.training.trust_remote_code
+        )
+    except (OSError, ValueError) as err:
+        raise PDLConfigError(
+            f"Cannot load the model config of `model_name_or_path: {name}`: {str(err).splitlines()[0]} Use an "
+            "existing local folder, a hub id (with network access), or `embedded:SmolLM2-135M-Instruct`."
+        ) from None
+    return int(config.get_text_config().vocab_size)
+
+
+def load_recipe_tokenizer(recipe: Recipe):
+    from transformers import AutoTokenizer
+
+    name = recipe.model.model_name_or_path
+    try:
+        return AutoTokenizer.from_pretrained(
+            name, revision=recipe.model.model_revision, trust_remote_code=recipe.training.trust_remote_code
+        )
+    except (OSError, ValueError) as err:
+        raise PDLConfigError(
+            f"Cannot load the tokenizer of `model_name_or_path: {name}`: {str(err).splitlines()[0]}"
+        ) from None
+
+
+def check_before_training(recipe: Recipe) -> None:
+    """Everything about the run's files that can be refused before a model loads or a token is counted."""
+    from .files import check_can_create_folder
+
+    training = recipe.training
+    check_can_create_folder(training.output_dir, "output_dir")
+    check_resume_checkpoint(training.resume_from_checkpoint, training.output_dir)
+    if training.pdl_freq_path and not Path(training.pdl_freq_path).exists():
+        raise PDLConfigError(
+            f"pdl_freq_path {training.pdl_freq_path} does not exist. Count a table with `pdl-freq --config RECIPE.yaml "
+            "--output TABLE`, or remove `pdl_freq_path` to count the training set."
+        )
+
+
+def check_training_data(recipe: Recipe, train_dataset) -> None:
+    """Data problems TRL would report as a traceback or blame on the chat template, refused with the real cause."""
+    from .preparation import check_assistant_turns, check_chat_template, is_conversational_data
+
+    training = recipe.training
+    if training.chat_template_path is None and is_conversational_data(train_dataset):
+        check_chat_template(load_recipe_tokenizer(recipe), train_dataset, recipe.model.model_name_or_path)
+    if training.assistant_only_loss:
+        from datasets import Dataset
+
+        if isinstance(train_dataset, Dataset):
+            check_assistant_turns(train_dataset)
+
+
+def check_resume_checkpoint(checkpoint, output_dir: str | Path) -> Path | None:
+    """The checkpoint folder a resume would read, refusing one that does not exist or was never completely saved."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    if not checkpoint:
+        return None
+    if checkpoint is True:
+        found = get_last_checkpoint(str(output_dir)) if Path(output_dir).is_dir() else None
+        if found is None:
+            raise PDLConfigError(
+                f"resume_from_checkpoint is true but output_dir {output_dir} holds no checkpoint-N folder to resume "
+                "from. Train without resuming, or pass the path of a checkpoint."
+            )
+        checkpoint = found
+    folder = Path(checkpoint)
+    if not folder.exists():
+        raise PDLConfigError(
+            f"Cannot resume from {folder}: no such checkpoint folder. Pass an existing checkpoint-N folder (see "
+            f"{output_dir}), `--resume_from_checkpoint true` for the last one, or train without resuming."
+        )
+    if not folder.is_dir():
+        raise PDLConfigError(f"Cannot resume from {folder}: it is a file, not a checkpoint-N folder.")
+    if not (folder / "trainer_state.json").is_file():
+        raise PDLConfigError(
+            f"Cannot resume from {folder}: it has no trainer_state.json, so it is not a checkpoint or it was "
+            "interrupted while being saved. Resume from an earlier checkpoint, or delete this folder."
+        )
+    return folder
+
+
+def save_final_model(trainer, output_dir: str | Path) -> Path:
+    """`trainer.save_model(output_dir)`, atomically: the files go to a temporary folder inside `output_dir` and are
+    moved into place once all are written, so a full disk leaves the previous adapter/model (and no half-written
+    README or weights) and raises `PDLWriteError`."""
+    from .files import save_folder_atomically
+    from .errors import PDLWriteError
+
+    writer = bool(trainer.args.should_save)
+
+    def save(tmp: Path) -> None:
+        trainer.accelerator.wait_for_everyone()  # the writer has made `tmp`; ranks that write shards may go
+        trainer.save_model(str(tmp), _internal_call=True)  # no hub push of a half-moved folder
+        trainer.accelerator.wait_for_everyone()  # every rank has written before the writer moves the files
+
+    try:
+        save_folder_atomically(output_dir, save, what="trained adapter/model", writer=writer)
+    except PDLWriteError as err:
+        last = _last_checkpoint(output_dir)
+        hint = f" The last checkpoint is {last}: resume from it once there is space." if last else ""
+        raise PDLWriteError(f"{err}{hint}", err.errno) from err
+    trainer.accelerator.wait_for_everyone()
+    if trainer.args.push_to_hub:
+        trainer.push_to_hub(commit_message="Model save", revision=trainer.args.hub_revision)
+    return Path(output_dir)
+
+
+def _last_checkpoint(output_dir) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(str(output_dir)) if Path(output_dir).is_dir() else None
+
+
 def run_recipe(argv: list[str]):
     """Train with the recipe `--config RECIPE.yaml [--key value ...]` and save the model; returns the trainer."""
     from trl import get_peft_config, get_quantization_config
@@ -136,6 +372,8 @@ def run_recipe(argv: list[str]):
 
     recipe = parse_recipe(argv)
     training, model_args = recipe.training, recipe.model
+    check_before_training(recipe)
+    model_vocab_rows(recipe)  # a model that does not exist fails here, before the datasets load
     training.model_init_kwargs = {
         "revision": model_args.model_revision,
         "trust_remote_code": training.trust_remote_code,
@@ -144,6 +382,7 @@ def run_recipe(argv: list[str]):
         **(training.model_init_kwargs or {}),
     }
     train_dataset, eval_dataset = load_recipe_datasets(recipe)
+    check_training_data(recipe, train_dataset)
     trainer = PDLSFTTrainer(
         model=model_args.model_name_or_path,
         args=training,
@@ -153,24 +392,36 @@ def run_recipe(argv: list[str]):
         peft_config=get_peft_config(model_args),
     )
     trainer.train(resume_from_checkpoint=training.resume_from_checkpoint)
-    trainer.save_model(training.output_dir)
+    save_final_model(trainer, training.output_dir)
     return trainer
 
 
-def count_recipe_table(recipe, tokenizer, shard: tuple[int, int] | None = None) -> FrequencyTable:
-    """The table of the recipe's training split (or one contiguous shard of it), prepared as the trainer prepares it."""
-    from transformers import AutoConfig
+@dataclass
+class CountResult:
+    table: FrequencyTable
+    report: PreparationReport | None = None  # rows dropped or cut by preparation; None for a streaming dataset
+    warnings: list[str] = field(default_factory=list)
 
+
+def count_recipe(recipe, tokenizer, shard: tuple[int, int] | None = None) -> CountResult:
+    """The table of the recipe's training split (or one contiguous shard of it), prepared as the trainer prepares it,
+    with what preparation dropped or cut and warnings about the counted tokens."""
     from .engine import data_fingerprint
-    from .frequency import FrequencyTable, count_trained_tokens, tokenizer_fingerprint
-    from .preparation import prepare_like_sft_trainer
+    from .frequency import FrequencyTable, count_trained_tokens, few_trained_ids_warning, tokenizer_fingerprint
+    from .preparation import prepare_with_report
 
+    vocab_rows = model_vocab_rows(recipe)
     train_dataset, _ = load_recipe_datasets(recipe)
     if shard is not None:
         index, count = shard
         train_dataset = train_dataset.shard(num_shards=count, index=index, contiguous=True)
-    prepared, masking = prepare_like_sft_trainer(train_dataset, tokenizer, recipe.training)
-    config = AutoConfig.from_pretrained(recipe.model.model_name_or_path, revision=recipe.model.model_revision)
-    vocab_rows = config.get_text_config().vocab_size
+    prepared, masking, report = prepare_with_report(train_dataset, tokenizer, recipe.training)
     counts = count_trained_tokens(prepared, vocab_rows)
-    return FrequencyTable(counts, tokenizer_fingerprint(tokenizer), masking, data_fingerprint(prepared))
+    table = FrequencyTable(counts, tokenizer_fingerprint(tokenizer), masking, data_fingerprint(prepared))
+    warnings = [line for line in [few_trained_ids_warning(table, tokenizer)] if line]
+    return CountResult(table, report, warnings)
+
+
+def count_recipe_table(recipe, tokenizer, shard: tuple[int, int] | None = None) -> FrequencyTable:
+    """The table of the recipe's training split (or one contiguous shard of it), prepared as the trainer prepares it."""
+    return count_recipe(recipe, tokenizer, shard).table

@@ -18,11 +18,13 @@ import argparse
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from ..errors import PDLConfigError
-from ..frequency import FrequencyTable, merge_tables, tokenizer_fingerprint
+from ..files import check_can_create_file
+from ..frequency import TABLE_FILENAME, FrequencyTable, few_trained_ids_warning, merge_tables, tokenizer_fingerprint
 from ..report import plot_rank_curves, weight_summary_table
-from ..recipe import count_recipe_table, parse_recipe
+from ..recipe import count_recipe, load_recipe_tokenizer, model_vocab_rows, parse_recipe
 from . import run_cli
 
 
@@ -54,14 +56,21 @@ def merge(argv: list[str]) -> FrequencyTable:
         args = parser.parse_args(argv)
     except SystemExit:
         raise PDLConfigError("usage: pdl-freq merge --output TABLE PART [PART ...]") from None
+    _output_path(args.output)
     table = merge_tables([FrequencyTable.load(path) for path in args.tables])
     Console().print(f"Merged {len(args.tables)} tables ({table.total:,} tokens) into {table.save(args.output)}")
     return table
 
 
-def freq(argv: list[str]) -> FrequencyTable:
-    from transformers import AutoTokenizer
+def _output_path(output: str) -> Path:
+    """Where `--output` writes (a folder gets the standard name inside), refused before any counting if it cannot."""
+    path = Path(output)
+    if path.is_dir():
+        path = path / TABLE_FILENAME
+    return check_can_create_file(path, "--output")
 
+
+def freq(argv: list[str]) -> FrequencyTable:
     if argv[:1] == ["merge"]:
         return merge(argv[1:])
     flags, rest = _own_flags().parse_known_args(argv)
@@ -72,24 +81,32 @@ def freq(argv: list[str]) -> FrequencyTable:
         )
     if not flags.output and not flags.table:
         raise PDLConfigError("Say where to write the table with `--output PATH`, or inspect one with `--table PATH`.")
+    if flags.output:
+        _output_path(flags.output)
+    if flags.plot:
+        check_can_create_file(flags.plot, "--plot")
     recipe = parse_recipe(rest)
-    tokenizer = AutoTokenizer.from_pretrained(
-        recipe.model.model_name_or_path,
-        revision=recipe.model.model_revision,
-        trust_remote_code=recipe.training.trust_remote_code,
-    )
+    tokenizer = load_recipe_tokenizer(recipe)
     console = Console()
+    err_console = Console(stderr=True, soft_wrap=True)
     if flags.table:
         table = FrequencyTable.load(flags.table)
-        table.check_compatible(tokenizer_fingerprint(tokenizer), table.vocab_size, source=f"The table {flags.table}")
+        table.check_compatible(tokenizer_fingerprint(tokenizer), model_vocab_rows(recipe), source=f"The table {flags.table}")
+        warnings = [line for line in [few_trained_ids_warning(table, tokenizer)] if line]
     else:
-        table = count_recipe_table(recipe, tokenizer, _parse_shard(flags.shard) if flags.shard else None)
+        result = count_recipe(recipe, tokenizer, _parse_shard(flags.shard) if flags.shard else None)
+        table, warnings = result.table, result.warnings
+        if result.report is not None:
+            for line in result.report.lines():
+                err_console.print(f"[yellow]preparation:[/] {escape(line)}", highlight=False)
         if table.total == 0:
             raise PDLConfigError(
                 "No token of the training set is trained (every label is -100): check the dataset's completion / "
                 "assistant turns, `max_length`, and `completion_only_loss` / `assistant_only_loss`."
             )
         console.print(f"Wrote {table.save(flags.output)}")
+    for line in warnings:
+        err_console.print(f"[yellow]warning:[/] {escape(line)}", highlight=False)
     training = recipe.training
     weights = table.weights(training.pdl_alpha, training.pdl_epsilon, training.pdl_normalize, training.pdl_max_weight)
     console.print(weight_summary_table(table, weights, tokenizer, k=flags.top))

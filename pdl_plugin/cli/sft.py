@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from ..errors import PDLConfigError
-from ..frequency import TABLE_FILENAME
+from ..frequency import TABLE_FILENAME, few_trained_ids_warning
 from ..report import weight_summary_table
 from ..engine import SETTINGS_FILENAME
 from ..trainer import PDLSFTTrainer
@@ -41,6 +42,12 @@ def _print_summary(trainer: PDLSFTTrainer) -> None:
         f"({trainer.pdl_table.masking}), {int((trainer.pdl_table.counts > 0).sum()):,} distinct."
     )
     console.print(weight_summary_table(trainer.pdl_table, trainer.pdl_weights, trainer.processing_class))
+    report = getattr(trainer, "pdl_preparation_report", None)  # a preparation.PreparationReport, when the trainer has one
+    for line in report.lines() if report is not None else []:
+        console.print(f"[yellow]preparation:[/] {escape(line)}", highlight=False)
+    few = few_trained_ids_warning(trainer.pdl_table, trainer.processing_class)
+    if few:
+        console.print(f"[yellow]warning:[/] {escape(few)}", highlight=False)
 
 
 def main(argv: list[str] | None = None) -> None:
