@@ -1,0 +1,525 @@
+"""Bad inputs and faults, table-driven: each must end with one `error:` line (exit 2) that names the problem, no
+traceback, and no file of the run's folder changed; the API raises its documented exception type with a clear message.
+
+Every case is a `Case` record in `CASES`; append new ones there (`run="pdl-sft"`, `"pdl-freq"` or `"api"`). A case:
+
+- builds its inputs under a fresh folder (`setup(tmp)` returns the CLI's argv, or for `"api"` a callable to call);
+- finds `tmp/out` already holding the files of an earlier run (`PREVIOUS_RUN`), which must be left byte for byte
+  (only `may_change` globs may appear or change);
+- runs in-process through the console entry point's `main()` (or in a subprocess with `subprocess=True`), with an
+  optional `fault` injected (e.g. a full disk) and, with `before_data=True`, TRL's dataset preparation forbidden so
+  that a refusal must come before any counting or training.
+
+The outcome is classified as `ok`, `traceback`, `data-losing`, `silent` (exit 0 / no exception / no warning) or
+`wrong-message`. With `PDL_BAD_INPUTS_TALLY=FILE` every outcome is appended to FILE as a JSON line: running this file
+once against an old checkout (`PYTHONPATH=/tmp/old`) gives the before/after figures.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from fnmatch import fnmatch
+from pathlib import Path
+
+import pytest
+import yaml
+
+EMBEDDED_MODEL = "embedded:SmolLM2-135M-Instruct"
+CONVERSATIONS = [
+    [{"role": "user", "content": "Hi there"}, {"role": "assistant", "content": "Hello! How can I help you today?"}],
+    [{"role": "user", "content": "What is Python?"}, {"role": "assistant", "content": "A programming language."},
+     {"role": "user", "content": "Who made it?"}, {"role": "assistant", "content": "Guido van Rossum made it."}],
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Capital of France?"},
+     {"role": "assistant", "content": "Paris, on the Seine."}],
+    [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Blue, like the sky at noon."}],
+]
+PREVIOUS_RUN = {  # an earlier run's files in output_dir: nothing may change them
+    "adapter_model.safetensors": b"previous adapter weights " * 40,
+    "adapter_config.json": b'{"r": 4, "previous": true}\n',
+    "README.md": b"# the previous run's model card\n",
+    "pdl_config.json": b'{"pdl_alpha": 0.5, "previous": true}\n',
+    "pdl_frequency_table.safetensors": b"previous table " * 40,
+}
+
+
+# ---- inputs ------------------------------------------------------------------------------------------------------
+
+
+def write_data(tmp: Path, rows: list[dict], name: str = "train.jsonl") -> Path:
+    path = tmp / name
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return path
+
+
+def base_recipe(tmp: Path, data: Path | None = None) -> dict:
+    """A recipe that fails fast or trains one tiny step: the embedded model, local data, LoRA r4, 64 tokens."""
+    data = data or write_data(tmp, [{"messages": c} for c in CONVERSATIONS])
+    return {
+        "model_name_or_path": EMBEDDED_MODEL,
+        "datasets": [{"path": "json", "data_files": str(data), "split": "train"}],
+        "output_dir": str(tmp / "out"),
+        "loss_type": "pdl", "pdl_alpha": 0.5, "assistant_only_loss": True, "max_length": 64,
+        "use_peft": True, "lora_r": 4, "lora_alpha": 8, "lora_target_modules": ["q_proj", "v_proj"],
+        "max_steps": 1, "per_device_train_batch_size": 2, "logging_steps": 1, "save_strategy": "no",
+        "eval_strategy": "no", "report_to": "none", "bf16": False, "use_cpu": True, "gradient_checkpointing": False,
+        "dataloader_num_workers": 0, "disable_tqdm": True, "seed": 0,
+    }
+
+
+def write_recipe(tmp: Path, overrides: dict | None = None, data: Path | None = None, drop: tuple = ()) -> Path:
+    recipe = {**base_recipe(tmp, data), **(overrides or {})}
+    for key in drop:
+        recipe.pop(key, None)
+    path = tmp / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def recipe_argv(entry: str, tmp: Path, overrides: dict | None = None, *extra: str, **kwargs) -> list[str]:
+    return [entry, "--config", str(write_recipe(tmp, overrides, **kwargs)), *extra]
+
+
+def model_without_chat_template(tmp: Path) -> str:
+    """The embedded model's folder without its chat template (links to the same config, weights and tokenizer)."""
+    from pdl_plugin.data.embedded_model import resolve_embedded_model
+
+    source, folder = Path(resolve_embedded_model(EMBEDDED_MODEL)), tmp / "no-template-model"
+    folder.mkdir()
+    for file in source.iterdir():
+        if file.name != "chat_template.jinja":
+            (folder / file.name).symlink_to(file)
+    return str(folder)
+
+
+def smol_table(vocab_delta: int = 0):
+    """A table for the embedded tokenizer (its real fingerprint), with `vocab_delta` more or fewer entries."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from pdl_plugin.data.embedded_model import resolve_embedded_model
+    from pdl_plugin.frequency import FrequencyTable, tokenizer_fingerprint
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_embedded_model(EMBEDDED_MODEL))
+    counts = torch.zeros(49152 + vocab_delta, dtype=torch.int64)
+    counts[:500] = torch.arange(1, 501)
+    return FrequencyTable(counts, tokenizer_fingerprint(tokenizer), "assistant_only", "test-data")
+
+
+def disk_full_after(nbytes: int = 64):
+    """A replacement for a `save_file(tensors, path, ...)` that writes `nbytes` of the file, then hits a full disk."""
+
+    def save_file(tensors, filename, *args, **kwargs):
+        with open(filename, "wb") as handle:
+            handle.write(b"\0" * nbytes)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(filename))
+
+    return save_file
+
+
+def _plain_table(counts):
+    from pdl_plugin.frequency import FrequencyTable
+
+    return FrequencyTable(counts, tokenizer_fingerprint="tok", masking="completion_only", data_fingerprint="data")
+
+
+def _count_on_a_list():
+    from pdl_plugin.frequency import count_trained_tokens
+
+    return count_trained_tokens([[-100, 1, 2], [-100, 3]], 10)
+
+
+def _table_save_disk_full(tmp: Path):
+    return lambda: _plain_table([3, 1, 0, 2]).save(tmp / "out" / "pdl_frequency_table.safetensors")
+
+
+def _orphan_tmp_then_save(tmp: Path):
+    """An earlier write killed mid-way left its temporary; the next save must remove it (and succeed)."""
+    out = tmp / "out"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    host = re.sub(r"[^A-Za-z0-9_-]", "_", os.uname().nodename)[:40]
+    orphan = out / f".pdl_frequency_table.safetensors.{host}-{dead.stdout.strip()}.1a2b3c4d.tmp"
+    orphan.write_bytes(b"half a table")
+    legacy = out / ".pdl_frequency_table.safetensors.k2j3h4g5.tmp"  # a name of the old atomic writer, long ago
+    legacy.write_bytes(b"half a table")
+    os.utime(legacy, (time.time() - 7200, time.time() - 7200))
+
+    def call():
+        _plain_table([3, 1, 0, 2]).save(out / "pdl_frequency_table.safetensors")
+        left = sorted(p.name for p in out.glob(".*.tmp"))
+        if left:
+            raise AssertionError(f"orphaned temporaries left after the next write: {left}")
+        raise _Done("orphans removed")
+
+    return call
+
+
+class _Done(Exception):
+    """An API case that ends normally raises this, so the harness can tell it from an unexpected exception."""
+
+
+# ---- cases -------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    run: str  # "pdl-sft" | "pdl-freq" | "api"
+    setup: Callable[[Path], object]  # CLI: returns argv (entry point first); api: returns a callable
+    message: str  # regex the error (or, with exit_code 0, the warning) must match, case-insensitive
+    exit_code: int = 2  # CLI: 2 for a refusal, 0 for a case that must only warn
+    exception: tuple[str, ...] = ("PDLError",)  # api: acceptable exception class names (any of the MRO)
+    not_message: str | None = None  # regex the output must NOT match (the wrong culprit)
+    may_change: tuple[str, ...] = ()  # globs under tmp/out that may appear or change
+    before_data: bool = False  # refused before TRL prepares any data (no counting, no training)
+    fault: Callable | None = None  # fault(monkeypatch, tmp): inject a failure (full disk, ...)
+    subprocess: bool = False  # run the real console script in a child process
+    previous_run: bool = True  # tmp/out holds PREVIOUS_RUN before the case runs
+
+
+def _dup_key_recipe(tmp: Path) -> list[str]:
+    text = yaml.safe_dump(base_recipe(tmp), sort_keys=False) + "pdl_alpha: 0.9\n"
+    (tmp / "recipe.yaml").write_text(text, encoding="utf-8")
+    return ["pdl-sft", "--config", str(tmp / "recipe.yaml")]
+
+
+def _latin1_recipe(tmp: Path) -> list[str]:
+    text = "# Réglages du modèle\n" + yaml.safe_dump(base_recipe(tmp), sort_keys=False)
+    (tmp / "recipe.yaml").write_bytes(text.encode("latin-1"))
+    return ["pdl-sft", "--config", str(tmp / "recipe.yaml")]
+
+
+def _no_assistant_data(tmp: Path) -> Path:
+    rows = [{"messages": c} for c in CONVERSATIONS] + [{"messages": [{"role": "user", "content": "Anyone there?"}]}]
+    return write_data(tmp, rows)
+
+
+def _empty_replies(tmp: Path) -> Path:
+    rows = [{"messages": [{"role": "user", "content": f"Question {i}?"}, {"role": "assistant", "content": ""}]}
+            for i in range(4)]
+    return write_data(tmp, rows)
+
+
+def _long_prompts(tmp: Path) -> Path:
+    long = "Tell me about the history of the city and its rivers, bridges and markets. " * 6
+    rows = [{"messages": [{"role": "user", "content": long}, {"role": "assistant", "content": "It is long."}]},
+            {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello " * 60}]}]
+    return write_data(tmp, rows + [{"messages": c} for c in CONVERSATIONS])
+
+
+def _table_file(tmp: Path, vocab_delta: int) -> Path:
+    path = tmp / "table.safetensors"
+    smol_table(vocab_delta).save(path)
+    return path
+
+
+def _file_at(tmp: Path, name: str = "afile") -> Path:
+    (tmp / name).write_text("not a folder\n")
+    return tmp / name
+
+
+def _resume_from(tmp: Path, checkpoint) -> list[str]:
+    return recipe_argv("pdl-sft", tmp, {"resume_from_checkpoint": checkpoint})
+
+
+def _incomplete_checkpoint(tmp: Path) -> list[str]:
+    folder = tmp / "out" / "checkpoint-2"
+    folder.mkdir(parents=True)
+    (folder / "adapter_model.safetensors").write_bytes(b"half")
+    return _resume_from(tmp, str(folder))
+
+
+def _adapter_disk_full(monkeypatch, tmp):
+    import peft.peft_model
+
+    monkeypatch.setattr(peft.peft_model, "safe_save_file", disk_full_after(1000))
+
+
+def _table_disk_full(monkeypatch, tmp):
+    import pdl_plugin.frequency
+
+    monkeypatch.setattr(pdl_plugin.frequency, "save_file", disk_full_after())
+
+
+CASES: list[Case] = [
+    # ---- recipe files
+    Case("recipe-duplicate-key", "pdl-sft", _dup_key_recipe, r"`?pdl_alpha`? appears twice.*line", before_data=True),
+    Case("recipe-not-utf8", "pdl-sft", _latin1_recipe, r"not UTF-8", before_data=True, subprocess=True),
+    Case("pdl-freq-path-empty", "pdl-sft", lambda t: recipe_argv("pdl-sft", t, {"pdl_freq_path": ""}),
+         r"pdl_freq_path", before_data=True),
+    # ---- data
+    Case("dataset-file-missing", "pdl-sft",
+         lambda t: recipe_argv("pdl-sft", t, data=t / "missing.jsonl"), r"missing\.jsonl.*not found", before_data=True),
+    Case("dataset-file-missing-freq", "pdl-freq",
+         lambda t: recipe_argv("pdl-freq", t, None, "--output", str(t / "out" / "t.safetensors"),
+                               data=t / "missing.jsonl"), r"missing\.jsonl.*not found", before_data=True),
+    Case("dataset-folder-missing", "pdl-freq",
+         lambda t: recipe_argv("pdl-freq", t, {"dataset_name": str(t / "no-such-folder")}, "--output",
+                               str(t / "out" / "t.safetensors"), drop=("datasets",)),
+         r"no-such-folder", before_data=True),
+    Case("no-assistant-turn", "pdl-sft", lambda t: recipe_argv("pdl-sft", t, data=_no_assistant_data(t)),
+         r"no assistant message.*rows? 4", not_message=r"needs a chat template", before_data=True),
+    Case("no-assistant-turn-freq", "pdl-freq",
+         lambda t: recipe_argv("pdl-freq", t, None, "--output", str(t / "out" / "t.safetensors"),
+                               data=_no_assistant_data(t)),
+         r"no assistant message.*rows? 4", not_message=r"needs a chat template", before_data=True),
+    Case("no-chat-template-assistant-only", "pdl-sft",
+         lambda t: recipe_argv("pdl-sft", t, {"model_name_or_path": model_without_chat_template(t)}),
+         r"no chat template", before_data=True),
+    Case("no-chat-template-all-tokens", "pdl-sft",
+         lambda t: recipe_argv("pdl-sft", t, {"model_name_or_path": model_without_chat_template(t),
+                                              "assistant_only_loss": False}),
+         r"no chat template", before_data=True),
+    Case("no-chat-template-freq", "pdl-freq",
+         lambda t: recipe_argv("pdl-freq", t, {"model_name_or_path": model_without_chat_template(t)}, "--output",
+                               str(t / "out" / "t.safetensors")),
+         r"no chat template", before_data=True),
+    Case("model-missing", "pdl-sft", lambda t: recipe_argv("pdl-sft", t, {"model_name_or_path": str(t / "nomodel")}),
+         r"nomodel", before_data=True),
+    # ---- output paths
+    Case("output-dir-under-a-file", "pdl-sft",
+         lambda t: recipe_argv("pdl-sft", t, {"output_dir": str(_file_at(t / "out") / "run")}),
+         r"cannot be created.*not a folder", before_data=True),
+    Case("output-dir-is-a-file", "pdl-sft", lambda t: recipe_argv("pdl-sft", t, {"output_dir": str(_file_at(t))}),
+         r"is a file, not a folder", before_data=True),
+    Case("freq-output-under-a-file", "pdl-freq",
+         lambda t: recipe_argv("pdl-freq", t, None, "--output", str(_file_at(t / "out") / "t.safetensors")),
+         r"--output.*not a folder", before_data=True, subprocess=True),
+    Case("freq-plot-under-a-file", "pdl-freq",
+         lambda t: recipe_argv("pdl-freq", t, None, "--output", str(t / "out" / "t.safetensors"), "--plot",
+                               str(_file_at(t / "out") / "p.png")),
+         r"--plot.*not a folder", before_data=True),
+    # ---- resume
+    Case("resume-missing-checkpoint", "pdl-sft", lambda t: _resume_from(t, str(t / "out" / "checkpoint-7")),
+         r"checkpoint-7.*no such checkpoint", before_data=True),
+    Case("resume-true-without-checkpoint", "pdl-sft", lambda t: _resume_from(t, True),
+         r"no checkpoint", before_data=True),
+    Case("resume-incomplete-checkpoint", "pdl-sft", _incomplete_checkpoint, r"trainer_state\.json",
+         before_data=True),
+    # ---- tables
+    Case("freq-table-vocab-mismatch", "pdl-freq",
+         lambda t: recipe_argv("pdl-freq", t, None, "--table", str(_table_file(t, 7))),
+         r"49159 entries.*49152 rows", before_data=True),
+    Case("freq-disk-full-saving-table", "pdl-freq",
+         lambda t: recipe_argv("pdl-freq", t, None, "--output", str(t / "out" / "pdl_frequency_table.safetensors")),
+         r"No space left on device.*previous file is unchanged", fault=_table_disk_full),
+    # ---- the final save
+    Case("sft-disk-full-saving-adapter", "pdl-sft", lambda t: recipe_argv("pdl-sft", t),
+         r"No space left on device.*Nothing there was changed", fault=_adapter_disk_full,
+         may_change=("pdl_config.json", "pdl_frequency_table.safetensors")),
+    # ---- warnings (exit 0): silent before
+    Case("freq-few-distinct-trained-ids", "pdl-freq",
+         lambda t: recipe_argv("pdl-freq", t, None, "--output", str(t / "out" / "t.safetensors"),
+                               data=_empty_replies(t)),
+         r"Only \d distinct token ids? (is|are) trained", exit_code=0, may_change=("t.safetensors",)),
+    Case("freq-rows-dropped-or-cut", "pdl-freq",
+         lambda t: recipe_argv("pdl-freq", t, {"max_length": 40}, "--output", str(t / "out" / "t.safetensors"),
+                               data=_long_prompts(t)),
+         r"1 row lost every trained token to max_length 40.*dropped by TRL.*rows? lost part", exit_code=0,
+         may_change=("t.safetensors",)),
+    # ---- Python API
+    Case("api-table-from-a-string", "api", lambda t: lambda: _plain_table("abc"), r"counts must be",
+         exception=("TypeError",)),
+    Case("api-table-nan-counts", "api", lambda t: lambda: _plain_table([1.0, float("nan"), 2.0]), r"NaN",
+         exception=("FrequencyTableError",)),
+    Case("api-table-fractional-counts", "api", lambda t: lambda: _plain_table([0.4, 2.0, 1.0]), r"whole numbers",
+         exception=("FrequencyTableError",)),
+    Case("api-table-sum-overflows-int64", "api", lambda t: lambda: _plain_table([2**62, 2**62, 5]), r"int64",
+         exception=("FrequencyTableError",)),
+    Case("api-count-on-a-list", "api", lambda t: _count_on_a_list, r"Dataset", exception=("TypeError",)),
+    Case("api-table-save-disk-full", "api", _table_save_disk_full, r"No space left.*previous file is unchanged",
+         exception=("PDLWriteError",), fault=_table_disk_full),
+    Case("api-orphan-tmp-removed-on-next-write", "api", _orphan_tmp_then_save, r"orphans removed",
+         exception=("_Done",), may_change=("pdl_frequency_table.safetensors", ".*.tmp")),
+]
+
+
+# ---- harness -----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    code: object  # exit status, or "raised" (api), or "returned" (api)
+    output: str
+    error: BaseException | None = None
+
+
+def file_hashes(folder: Path) -> dict[str, str]:
+    if not folder.is_dir():
+        return {}
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file() and not p.is_symlink()}
+
+
+def _forbid_data_preparation(monkeypatch) -> None:
+    from trl import SFTTrainer
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("TRL prepared the dataset before the bad input was refused")
+
+    monkeypatch.setattr(SFTTrainer, "_prepare_dataset", refuse)
+
+
+def _main_of(entry: str):
+    import importlib
+
+    return importlib.import_module({"pdl-sft": "pdl_plugin.cli.sft", "pdl-freq": "pdl_plugin.cli.freq"}[entry]).main
+
+
+def run_case(case: Case, prepared, tmp: Path, monkeypatch) -> Result:
+    """Run a case whose `setup` has returned `prepared` (the argv, or the callable of an api case)."""
+    if case.fault is not None and not case.subprocess:
+        case.fault(monkeypatch, tmp)
+    if case.run == "api":
+        call = prepared
+        try:
+            call()
+        except BaseException as err:  # noqa: BLE001 - classified below
+            return Result("raised", f"{type(err).__name__}: {err}\n{traceback.format_exc()}", err)
+        return Result("returned", "")
+    argv = prepared
+    if case.subprocess:
+        module = {"pdl-sft": "pdl_plugin.cli.sft", "pdl-freq": "pdl_plugin.cli.freq"}[argv[0]]
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+        done = subprocess.run([sys.executable, "-m", module, *argv[1:]], capture_output=True, text=True, env=env,
+                              timeout=600, cwd=tmp)
+        return Result(done.returncode, done.stdout + done.stderr)
+    if case.before_data:
+        _forbid_data_preparation(monkeypatch)
+    out, err = io.StringIO(), io.StringIO()
+    code: object = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            _main_of(argv[0])(argv[1:])
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else 1
+        except BaseException:  # noqa: BLE001 - an escaped exception is what a user sees as a traceback
+            code = "traceback"
+            print(traceback.format_exc(), file=sys.stderr)
+    return Result(code, out.getvalue() + err.getvalue())
+
+
+def classify(case: Case, result: Result, before: dict, after: dict) -> list[str]:
+    """The problems of one outcome; empty when the case is handled as it should be."""
+    problems = []
+    if case.run == "api":
+        names = {cls.__name__ for cls in type(result.error).__mro__} if result.error is not None else set()
+        if result.error is None:
+            problems.append("silent")
+        elif not names & set(case.exception):
+            problems.append("traceback")  # an undocumented exception type escapes
+    else:
+        if result.code == "traceback" or "Traceback (most recent call last)" in result.output:
+            problems.append("traceback")
+        elif result.code == 0 and case.exit_code != 0:
+            problems.append("silent")
+        elif result.code != case.exit_code:
+            problems.append(f"exit-{result.code}")
+    changed = sorted(
+        name for name in set(before) | set(after)
+        if before.get(name) != after.get(name) and not any(fnmatch(name, pattern) for pattern in case.may_change)
+    )
+    if changed:
+        problems.append("data-losing")
+    text = " ".join(result.output.split())  # messages wrapped at a terminal's width still match
+    if not problems:
+        if not re.search(case.message, text, re.IGNORECASE | re.DOTALL):
+            problems.append("silent" if case.exit_code == 0 and case.run != "api" else "wrong-message")
+        elif case.not_message and re.search(case.not_message, text, re.IGNORECASE | re.DOTALL):
+            problems.append("wrong-message")
+    return problems + ([f"changed: {changed}"] if changed else [])
+
+
+def _record(case: Case, problems: list[str], seconds: float) -> None:
+    tally = os.environ.get("PDL_BAD_INPUTS_TALLY")
+    if tally:
+        with open(tally, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps({"case": case.id, "problems": problems, "seconds": round(seconds, 1)}) + "\n")
+
+
+@pytest.fixture(autouse=True)
+def _offline_and_one_thread(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
+def test_bad_input(case: Case, tmp_path: Path, monkeypatch) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    if case.previous_run:
+        for name, content in PREVIOUS_RUN.items():
+            (out / name).write_bytes(content)
+    monkeypatch.chdir(tmp_path)
+    prepared = case.setup(tmp_path)
+    before = file_hashes(out)
+    start = time.monotonic()
+    result = run_case(case, prepared, tmp_path, monkeypatch)
+    after = file_hashes(out)
+    problems = classify(case, result, before, after)
+    _record(case, problems, time.monotonic() - start)
+    assert not problems, f"{case.id}: {problems}\n--- output ---\n{result.output[-4000:]}"
+    if case.run != "api":
+        errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+        assert len(errors) == (1 if case.exit_code == 2 else 0), result.output[-2000:]
+
+
+# ---- the atomic writers these cases rely on ----------------------------------------------------------------------
+
+
+def test_folder_save_moves_every_file_into_place_and_leaves_no_temporary(tmp_path):
+    from pdl_plugin.files import FOLDER_SAVE_NAME, save_folder_atomically
+
+    (tmp_path / "adapter_model.safetensors").write_bytes(b"old")
+    (tmp_path / "keep.txt").write_bytes(b"untouched")
+
+    def save(folder: Path) -> None:
+        (folder / "adapter_model.safetensors").write_bytes(b"new")
+        (folder / "README.md").write_text("card")
+        (folder / "sub").mkdir()
+        (folder / "sub" / "x.bin").write_bytes(b"x")
+
+    save_folder_atomically(tmp_path, save, what="adapter")
+    assert (tmp_path / "adapter_model.safetensors").read_bytes() == b"new"
+    assert (tmp_path / "keep.txt").read_bytes() == b"untouched" and (tmp_path / "sub" / "x.bin").is_file()
+    assert not (tmp_path / FOLDER_SAVE_NAME).exists()
+
+
+def test_folder_save_that_fails_changes_nothing_and_removes_a_stale_temporary(tmp_path):
+    from pdl_plugin.errors import PDLWriteError
+    from pdl_plugin.files import FOLDER_SAVE_NAME, save_folder_atomically
+
+    (tmp_path / "adapter_model.safetensors").write_bytes(b"old")
+    (tmp_path / FOLDER_SAVE_NAME).mkdir()  # left by a save that was killed
+    (tmp_path / FOLDER_SAVE_NAME / "README.md").write_text("")
+    before = file_hashes(tmp_path)
+
+    def save(folder: Path) -> None:
+        (folder / "README.md").write_text("")
+        disk_full_after()({}, folder / "adapter_model.safetensors")
+
+    with pytest.raises(PDLWriteError, match="No space left on device") as raised:
+        save_folder_atomically(tmp_path, save, what="adapter")
+    assert isinstance(raised.value, OSError) and raised.value.errno == errno.ENOSPC
+    assert file_hashes(tmp_path) == {k: v for k, v in before.items() if not k.startswith(FOLDER_SAVE_NAME)}
+
+
+def test_a_live_writers_temporary_is_kept(tmp_path):
+    from pdl_plugin.files import remove_stale_temporaries
+
+    host = re.sub(r"[^A-Za-z0-9_-]", "_", os.uname().nodename)[:40]
+    live = tmp_path / f".t.safetensors.{host}-{os.getppid()}.0a0a0a0a.tmp"  # our parent: alive
+    live.write_bytes(b"being written")
+    assert remove_stale_temporaries(tmp_path / "t.safetensors") == [] and live.exists()
