@@ -10,9 +10,11 @@ Every case is a `Case` record in `CASES`; append new ones there (`run="pdl-sft"`
   optional `fault` injected (e.g. a full disk) and, with `before_data=True`, TRL's dataset preparation forbidden so
   that a refusal must come before any counting or training.
 
-The outcome is classified as `ok`, `traceback`, `data-losing`, `silent` (exit 0 / no exception / no warning) or
-`wrong-message`. With `PDL_BAD_INPUTS_TALLY=FILE` every outcome is appended to FILE as a JSON line: running this file
-once against an old checkout (`PYTHONPATH=/tmp/old`) gives the before/after figures.
+The outcome is classified as `ok`, `traceback`, `data-losing`, `silent` (exit 0 / no exception / no warning),
+`wrong-message`, or `late` (TRL's data preparation ran before a `before_data` case was refused). With
+`PDL_BAD_INPUTS_TALLY=FILE` every outcome is appended to FILE as a JSON line: running this file once against an old
+checkout (`PYTHONPATH=/tmp/old`) gives the before/after figures; `PDL_BAD_INPUTS_NO_GUARD=1` lets data preparation
+run in `before_data` cases, to see what old code finally does with them.
 """
 
 from __future__ import annotations
@@ -134,6 +136,12 @@ def _plain_table(counts):
     return FrequencyTable(counts, tokenizer_fingerprint="tok", masking="completion_only", data_fingerprint="data")
 
 
+def _tensor(values):
+    import torch
+
+    return torch.tensor(values)
+
+
 def _count_on_a_list():
     from pdl_plugin.frequency import count_trained_tokens
 
@@ -159,7 +167,7 @@ def _orphan_tmp_then_save(tmp: Path):
         _plain_table([3, 1, 0, 2]).save(out / "pdl_frequency_table.safetensors")
         left = sorted(p.name for p in out.glob(".*.tmp"))
         if left:
-            raise AssertionError(f"orphaned temporaries left after the next write: {left}")
+            raise Unnoticed(f"orphaned temporaries left after the next write: {left}")
         raise _Done("orphans removed")
 
     return call
@@ -167,6 +175,10 @@ def _orphan_tmp_then_save(tmp: Path):
 
 class _Done(Exception):
     """An API case that ends normally raises this, so the harness can tell it from an unexpected exception."""
+
+
+class Unnoticed(AssertionError):
+    """An API case's own check found a problem that the code let pass without a word."""
 
 
 # ---- cases -------------------------------------------------------------------------------------------------------
@@ -314,6 +326,12 @@ CASES: list[Case] = [
     Case("freq-disk-full-saving-table", "pdl-freq",
          lambda t: recipe_argv("pdl-freq", t, None, "--output", str(t / "out" / "pdl_frequency_table.safetensors")),
          r"No space left on device.*previous file is unchanged", fault=_table_disk_full),
+    Case("freq-merge-output-under-a-file", "pdl-freq",
+         lambda t: ["pdl-freq", "merge", "--output", str(_file_at(t / "out") / "t.safetensors"),
+                    str(_table_file(t, 0)), str(_table_file(t, 0))],
+         r"--output.*not a folder"),
+    Case("sft-disk-full-saving-table", "pdl-sft", lambda t: recipe_argv("pdl-sft", t),
+         r"frequency table.*No space left on device.*previous file is unchanged", fault=_table_disk_full),
     # ---- the final save
     Case("sft-disk-full-saving-adapter", "pdl-sft", lambda t: recipe_argv("pdl-sft", t),
          r"No space left on device.*Nothing there was changed", fault=_adapter_disk_full,
@@ -331,7 +349,7 @@ CASES: list[Case] = [
     # ---- Python API
     Case("api-table-from-a-string", "api", lambda t: lambda: _plain_table("abc"), r"counts must be",
          exception=("TypeError",)),
-    Case("api-table-nan-counts", "api", lambda t: lambda: _plain_table([1.0, float("nan"), 2.0]), r"NaN",
+    Case("api-table-nan-counts", "api", lambda t: lambda: _plain_table(_tensor([1.0, float("nan"), 2.0])), r"NaN",
          exception=("FrequencyTableError",)),
     Case("api-table-fractional-counts", "api", lambda t: lambda: _plain_table([0.4, 2.0, 1.0]), r"whole numbers",
          exception=("FrequencyTableError",)),
@@ -362,11 +380,15 @@ def file_hashes(folder: Path) -> dict[str, str]:
             for p in sorted(folder.rglob("*")) if p.is_file() and not p.is_symlink()}
 
 
+class PreparedTooEarly(AssertionError):
+    """TRL's dataset preparation ran although the case must be refused before any data work."""
+
+
 def _forbid_data_preparation(monkeypatch) -> None:
     from trl import SFTTrainer
 
     def refuse(*args, **kwargs):
-        raise AssertionError("TRL prepared the dataset before the bad input was refused")
+        raise PreparedTooEarly("TRL prepared the dataset before the bad input was refused")
 
     monkeypatch.setattr(SFTTrainer, "_prepare_dataset", refuse)
 
@@ -386,7 +408,7 @@ def run_case(case: Case, prepared, tmp: Path, monkeypatch) -> Result:
         try:
             call()
         except BaseException as err:  # noqa: BLE001 - classified below
-            return Result("raised", f"{type(err).__name__}: {err}\n{traceback.format_exc()}", err)
+            return Result("raised", f"{type(err).__name__}: {err}", err)
         return Result("returned", "")
     argv = prepared
     if case.subprocess:
@@ -395,7 +417,7 @@ def run_case(case: Case, prepared, tmp: Path, monkeypatch) -> Result:
         done = subprocess.run([sys.executable, "-m", module, *argv[1:]], capture_output=True, text=True, env=env,
                               timeout=600, cwd=tmp)
         return Result(done.returncode, done.stdout + done.stderr)
-    if case.before_data:
+    if case.before_data and not os.environ.get("PDL_BAD_INPUTS_NO_GUARD"):
         _forbid_data_preparation(monkeypatch)
     out, err = io.StringIO(), io.StringIO()
     code: object = 0
@@ -404,6 +426,8 @@ def run_case(case: Case, prepared, tmp: Path, monkeypatch) -> Result:
             _main_of(argv[0])(argv[1:])
         except SystemExit as exit_:
             code = exit_.code if isinstance(exit_.code, int) else 1
+        except PreparedTooEarly:
+            code = "late"
         except BaseException:  # noqa: BLE001 - an escaped exception is what a user sees as a traceback
             code = "traceback"
             print(traceback.format_exc(), file=sys.stderr)
@@ -415,30 +439,37 @@ def classify(case: Case, result: Result, before: dict, after: dict) -> list[str]
     problems = []
     if case.run == "api":
         names = {cls.__name__ for cls in type(result.error).__mro__} if result.error is not None else set()
-        if result.error is None:
+        if result.error is None or isinstance(result.error, Unnoticed):
             problems.append("silent")
         elif not names & set(case.exception):
             problems.append("traceback")  # an undocumented exception type escapes
     else:
-        if result.code == "traceback" or "Traceback (most recent call last)" in result.output:
+        if result.code == "late":
+            problems.append("late")  # refused (or not) only after TRL prepared the data
+        elif result.code == "traceback" or "Traceback (most recent call last)" in result.output:
             problems.append("traceback")
         elif result.code == 0 and case.exit_code != 0:
             problems.append("silent")
         elif result.code != case.exit_code:
             problems.append(f"exit-{result.code}")
-    changed = sorted(
-        name for name in set(before) | set(after)
+    changed = sorted(  # files of the earlier run modified or removed
+        name for name in before
         if before.get(name) != after.get(name) and not any(fnmatch(name, pattern) for pattern in case.may_change)
+    )
+    added = sorted(  # files left behind by a run that failed
+        name for name in set(after) - set(before) if not any(fnmatch(name, pattern) for pattern in case.may_change)
     )
     if changed:
         problems.append("data-losing")
+    if added:
+        problems.append("leaves-files")
     text = " ".join(result.output.split())  # messages wrapped at a terminal's width still match
     if not problems:
         if not re.search(case.message, text, re.IGNORECASE | re.DOTALL):
             problems.append("silent" if case.exit_code == 0 and case.run != "api" else "wrong-message")
         elif case.not_message and re.search(case.not_message, text, re.IGNORECASE | re.DOTALL):
             problems.append("wrong-message")
-    return problems + ([f"changed: {changed}"] if changed else [])
+    return problems + ([f"changed: {changed}"] if changed else []) + ([f"added: {added}"] if added else [])
 
 
 def _record(case: Case, problems: list[str], seconds: float) -> None:
