@@ -1,8 +1,8 @@
 """`pdl-eval --adapter DIR --config RECIPE.yaml`: generate on the recipe's validation prompts and score them.
 
 Reports, against the references: ROUGE-L, distinct-1/2, repetition, mean self-information of the generated tokens
-under the TRAINING frequency table, rare-token recall, validation cross-entropy and PDL, and for code the parse rate
-(pass@1 when the data ships a `test` column). Writes JSON and prints a table.
+under the TRAINING frequency table, rare-token recall, validation cross-entropy (also by training-frequency bucket) and
+PDL, and for code the parse rate (pass@1 when the data ships a `test` column). Writes JSON and prints a table.
 """
 
 from __future__ import annotations
@@ -40,6 +40,9 @@ def eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--no_sampled", action="store_true", help="greedy only")
     parser.add_argument("--reference_alpha", type=float, default=None,
                         help="alpha of the reported validation PDL (default: the recipe's pdl_alpha)")
+    parser.add_argument("--task_type", default="auto", choices=["auto", "code", "text"],
+                        help="code: stop sequences at the next top-level statement, parse rate (default auto: code "
+                        "when the validation rows have a `test`/`entry_point` column or the data is embedded:code)")
     return parser
 
 
@@ -55,12 +58,12 @@ def settings_from(options, recipe):
         max_prompts=options.max_prompts, max_new_tokens=options.max_new_tokens, batch_size=options.eval_batch_size,
         seed=options.eval_seed if options.eval_seed is not None else recipe.training.seed,
         temperature=options.temperature, top_p=options.top_p, sampled=not options.no_sampled,
-        reference_alpha=options.reference_alpha,
+        reference_alpha=options.reference_alpha, task_type=options.task_type,
     )
 
 
 def evaluate_cli(argv: list[str]) -> dict:
-    from ..eval.evaluate import evaluate_model, format_table, load_for_eval
+    from ..eval.evaluate import check_adapter_folder, evaluate_model, format_table, load_for_eval
 
     parser = eval_arguments(_Parser(prog="pdl-eval", usage=USAGE))
     parser.add_argument("--adapter", required=True, help="output_dir of a pdl-sft run (LoRA adapter or full model)")
@@ -69,6 +72,7 @@ def evaluate_cli(argv: list[str]) -> dict:
     parser.add_argument("--output", default=None, help="JSON file to write (default: ADAPTER/eval.json)")
     options, overrides = parser.parse_known_args(argv)
     recipe = parse_recipe(["--config", options.config, *overrides])
+    check_adapter_folder(options.adapter)  # before the table: a wrong --adapter is the problem to name
     table_path = Path(options.table) if options.table else Path(options.adapter) / TABLE_FILENAME
     if not table_path.is_file():
         raise PDLConfigError(

@@ -2,13 +2,20 @@
 
 `evaluate_model` returns a JSON-able dict; `pdl-eval` loads a model from an adapter folder and calls it, `pdl-compare`
 calls it on each freshly trained model.
+
+Validation losses are computed here, from the per-token negative log-likelihood of the trained tokens of the
+validation rows (prepared by TRL's own code with the recipe's settings, each row alone, truncated as in training):
+cross-entropy, PDL at a reference alpha under a stated policy for tokens the training table never counted, and
+cross-entropy by training-frequency bucket. They do not go through the trainer, so they do not depend on its loss
+settings, and the same per-token values give every number.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
-import tempfile
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,12 +24,17 @@ import numpy as np
 import torch
 
 from ..errors import PDLConfigError
-from ..frequency import TABLE_FILENAME, FrequencyTable, tokenizer_fingerprint
+from ..frequency import FrequencyTable, tokenizer_fingerprint
 from . import metrics
 from .execution import pass_at_1
-from .generation import Example, Generation, generate, validation_examples
+from .generation import CODE_STOP_SEQUENCES, Example, Generation, generate, preparation_args, validation_examples
 
-EVAL_FORMAT = "pdl-eval/1"
+EVAL_FORMAT = "pdl-eval/2"
+TASK_TYPES = ("auto", "code", "text")
+FREQUENCY_BUCKETS = metrics.FREQUENCY_BUCKETS
+# Validation PDL is reported with this policy for tokens the training table never counted (see `loss_summary`)
+UNSEEN_POLICY = "rarest"
+KNOWN_CODE_DATASETS = ("embedded:code",)
 
 
 @dataclass
@@ -39,6 +51,7 @@ class EvalSettings:
     repetition_n: int = 3
     test_timeout: float = 10.0
     max_prompt_tokens: int | None = None
+    task_type: str = "auto"  # 'code' (stop sequences, parse rate), 'text', or 'auto' (see `resolve_task_type`)
 
 
 def load_validation_split(recipe):
@@ -57,44 +70,57 @@ def load_validation_split(recipe):
 
 def evaluate_model(model, tokenizer, recipe, table: FrequencyTable, settings: EvalSettings | None = None,
                    train_dataset=None, validation_dataset=None) -> dict:
-    """Generate (greedy, and sampled when asked) on the first `max_prompts` validation prompts and score them."""
+    """Generate (greedy, and sampled when asked) on the first `max_prompts` validation prompts and score them.
+
+    `train_dataset` is accepted for compatibility and not used: the validation losses need only the validation rows.
+    """
     settings = settings or EvalSettings()
     started, cpu_started = time.perf_counter(), time.process_time()
     vocab_rows = model.get_output_embeddings().weight.shape[0]
     table.check_compatible(tokenizer_fingerprint(tokenizer), vocab_rows, source="The training frequency table")
-    if train_dataset is None or validation_dataset is None:
-        train_dataset, validation_dataset = load_validation_split(recipe)
+    if validation_dataset is None:
+        _, validation_dataset = load_validation_split(recipe)
+    split = recipe.script.dataset_test_split
     validation = validation_dataset.select(range(min(settings.max_prompts, len(validation_dataset))))
-    examples = validation_examples(validation, tokenizer, settings.max_prompts)
+    task, task_reason = resolve_task_type(settings.task_type, recipe, validation)
+    examples = validation_examples(validation, tokenizer, settings.max_prompts, args=recipe.training)
     epsilon = recipe.training.pdl_epsilon
     reference_alpha = settings.reference_alpha if settings.reference_alpha is not None else recipe.training.pdl_alpha
     counts = table.counts.numpy()
     rare = metrics.rare_token_ids(counts, settings.rare_fraction)
     reference_ids = [tokenizer(e.reference, add_special_tokens=False)["input_ids"] for e in examples]
-    is_code = _is_code_task(recipe)
+    is_code = task == "code"
+    stop_sequences = CODE_STOP_SEQUENCES if is_code and not examples[0].chat else ()
+    tested = [i for i, e in enumerate(examples) if e.test]
 
     result = {
         "format": EVAL_FORMAT,
         "settings": dataclasses.asdict(settings) | {"reference_alpha": reference_alpha, "epsilon": epsilon},
+        "split": split,
+        "task_type": task,
+        "task_type_reason": task_reason,
+        "stop_sequences": list(stop_sequences),
         "prompts": len(examples),
+        "prompts_cut_by_training": sum(bool(e.prompt_cut) for e in examples),
         "table": {"total_tokens": table.total, "distinct": int((table.counts > 0).sum()), "masking": table.masking,
                   "rare_types": len(rare)},
         "references": _text_metrics([e.reference for e in examples], reference_ids, counts, epsilon, settings),
         "generation": {},
     }
+    if tested:
+        result["references"].update(_reference_tests(examples, tested, settings.test_timeout))
     modes = [("greedy", False)] + ([("sampled", True)] if settings.sampled else [])
     samples = {}
     for mode, do_sample in modes:
         generations = generate(
             model, tokenizer, examples, max_new_tokens=settings.max_new_tokens, batch_size=settings.batch_size,
             do_sample=do_sample, temperature=settings.temperature, top_p=settings.top_p, seed=settings.seed,
-            max_prompt_tokens=settings.max_prompt_tokens, desc=f"pdl-eval: {mode}",
+            max_prompt_tokens=settings.max_prompt_tokens, stop_sequences=stop_sequences, desc=f"pdl-eval: {mode}",
         )
         scored = _generation_metrics(examples, generations, reference_ids, counts, rare, epsilon, settings, is_code)
         result["generation"][mode] = scored
         samples[mode] = generations
-    result["validation"] = validation_losses(model, tokenizer, recipe, table, reference_alpha, train_dataset,
-                                             validation)
+    result["validation"] = validation_losses(model, tokenizer, recipe, table, reference_alpha, validation)
     result["samples"] = [
         {"prompt": e.source_prompt[-300:], "reference": e.reference,
          **{mode: samples[mode][i].text for mode in samples}}
@@ -108,9 +134,61 @@ def evaluate_model(model, tokenizer, recipe, table: FrequencyTable, settings: Ev
     return result
 
 
-def _is_code_task(recipe) -> bool:
-    name = (recipe.script.dataset_name or "").lower()
-    return "code" in name
+def resolve_task_type(requested: str, recipe, validation) -> tuple[str, str]:
+    """'code' or 'text', and why: as asked (`--task_type`), else code when the validation rows carry tests (a `test`
+    or `entry_point` column) or the data set is a known code set (`embedded:code`), else text. The data set's name
+    is never searched for "code"."""
+    if requested not in TASK_TYPES:
+        raise PDLConfigError(f"--task_type must be one of {', '.join(TASK_TYPES)}; got {requested!r}.")
+    if requested != "auto":
+        return requested, "set by --task_type"
+    columns = set(validation.column_names)
+    for column in ("test", "entry_point"):
+        if column in columns:
+            return "code", f"the validation rows have a `{column}` column"
+    name = recipe.script.dataset_name or ""
+    if name in KNOWN_CODE_DATASETS:
+        return "code", f"{name} is a code data set"
+    return "text", "no `test` column and not a known code data set (pass --task_type code for code)"
+
+
+def program_text(example: Example, text: str) -> str:
+    """The program a completion makes: the prompt as trained + the generation for function completion; for chat
+    data the first fenced code block of the reply (the whole reply when it has none)."""
+    if example.chat:
+        return metrics.first_code_block(text)
+    return example.trained_source_prompt + text
+
+
+def blank_line_first(example: Example, text: str) -> bool:
+    """Whether the generation puts a blank line between the prompt's last line and its own first line (the symptom
+    of a prompt whose final newline training never saw: the model writes the newline it was trained to write)."""
+    seen = example.prompt if example.chat else example.trained_source_prompt
+    tail = seen[len(seen.rstrip("\n")):] + text  # the prompt's own final newlines, then the generation
+    lines = tail.split("\n")
+    return len(lines) > 2 and not lines[1].strip()
+
+
+def _reference_tests(examples: list[Example], tested: list[int], timeout: float) -> dict:
+    """Run every test against the row's own reference solution; refuse a test that reaches no assertion there."""
+    programs = [examples[i].source_prompt + examples[i].reference if not examples[i].chat
+                else metrics.first_code_block(examples[i].reference) for i in tested]
+    score, results = pass_at_1(programs, [examples[i].test for i in tested], timeout,
+                               [examples[i].entry_point for i in tested])
+    silent = [i for i, r in zip(tested, results) if r.status == "no_assertion"]
+    if silent:
+        first = examples[silent[0]]
+        if "def check(" in (first.test or "") and not first.entry_point:
+            hint = ("It defines `check(candidate)` but nothing calls it: add an `entry_point` column naming the "
+                    "function to test (pdl-eval then calls `check(<entry_point>)`).")
+        else:
+            hint = "Make each test assert something (`assert` statements or unittest assertions)."
+        raise PDLConfigError(
+            f"{len(silent)} of {len(tested)} tests (validation row {silent[0]} first) reach no assertion when run "
+            "against the row's own reference solution, so they would pass any program, even one that returns None. "
+            f"{hint}"
+        )
+    return {"pass_at_1": score, "pass_at_1_examples": len(tested)}
 
 
 def _text_metrics(texts, token_ids, counts, epsilon, settings: EvalSettings) -> dict:
@@ -133,62 +211,197 @@ def _generation_metrics(examples: list[Example], generations: list[Generation], 
         **_text_metrics(texts, [g.token_ids for g in generations], counts, epsilon, settings),
         "hit_token_limit": float(np.mean([g.hit_limit for g in generations])),
         "empty": float(np.mean([not g.text.strip() for g in generations])),
+        "blank_line_first": float(np.mean([blank_line_first(e, g.text) for e, g in zip(examples, generations)])),
     }
     scored["rouge_l_first_line"] = metrics.rouge_l([metrics.first_line(t) for t in texts],
                                                    [metrics.first_line(e.reference) for e in examples])
     recall, qualified = metrics.rare_token_recall([g.token_ids for g in generations], reference_ids, rare)
     scored["rare_token_recall"], scored["rare_token_recall_examples"] = recall, qualified
     if is_code:
-        sources = [e.source_prompt + g.text for e, g in zip(examples, generations)]
+        sources = [program_text(e, g.text) for e, g in zip(examples, generations)]
         scored["parse_rate"] = metrics.parse_rate(sources)
         finished = [s for s, g in zip(sources, generations) if not g.hit_limit]
         scored["parse_rate_finished"] = metrics.parse_rate(finished)
-        scored["body_parse_rate"] = float(np.mean([metrics.body_parses(t) for t in texts])) if texts else math.nan
+        if not examples[0].chat:
+            scored["body_parse_rate"] = float(np.mean([metrics.body_parses(t) for t in texts])) if texts else math.nan
     tested = [(e, g) for e, g in zip(examples, generations) if e.test]
     if tested:
-        scored["pass_at_1"], _ = pass_at_1([e.source_prompt + g.text for e, g in tested], [e.test for e, _ in tested],
-                                           settings.test_timeout)
+        scored["pass_at_1"], results = pass_at_1([program_text(e, g.text) for e, g in tested],
+                                                 [e.test for e, _ in tested], settings.test_timeout,
+                                                 [e.entry_point for e, _ in tested])
         scored["pass_at_1_examples"] = len(tested)
+        scored["pass_at_1_no_assertion"] = sum(r.status == "no_assertion" for r in results)
     return scored
 
 
-def validation_losses(model, tokenizer, recipe, table: FrequencyTable, reference_alpha: float, train_dataset,
+# ---- validation losses -------------------------------------------------------------------------------------------
+
+
+def validation_losses(model, tokenizer, recipe, table: FrequencyTable, reference_alpha: float,
                       validation_dataset) -> dict:
-    """Unweighted cross-entropy and PDL (at `reference_alpha`, weights from the TRAINING table) on the validation rows.
+    """Cross-entropy, PDL (at `reference_alpha`, weights from the TRAINING table, unseen tokens weighted as the rarest
+    counted token) and cross-entropy by training-frequency bucket, over the trained tokens of the validation rows.
 
-    Runs the trainer's own evaluation (same preparation and masking as training): with `loss_type: pdl` its
-    `eval_loss` is the PDL and `eval_ce_loss` the plain cross-entropy of the same tokens.
+    The rows are prepared by TRL's own code with the recipe's settings (masking, chat template, truncation to
+    `max_length`, rows left with no trained token dropped), each row alone (no packing).
     """
-    from ..trainer import PDLSFTTrainer
+    from ..preparation import prepare_like_sft_trainer
 
-    with tempfile.TemporaryDirectory(prefix="pdl-eval-") as folder:
-        table_path = table.save(Path(folder) / TABLE_FILENAME)
-        args = dataclasses.replace(
-            recipe.training, output_dir=folder, loss_type="pdl", pdl_alpha=float(reference_alpha),
-            pdl_freq_path=str(table_path), pdl_alpha_warmup_steps=0, model_init_kwargs=None, report_to=[],
-            save_strategy="no", eval_strategy="no", disable_tqdm=True, per_device_eval_batch_size=8,
-            resume_from_checkpoint=None, push_to_hub=False,
-        )
-        was_training = model.training
-        trainer = PDLSFTTrainer(model, args=args, train_dataset=train_dataset.select(range(min(8, len(train_dataset)))),
-                                eval_dataset=validation_dataset, processing_class=tokenizer)
-        try:
-            output = trainer.evaluate()
-        finally:
-            model.train(was_training)
-    if "eval_ce_loss" not in output:
-        raise PDLConfigError("The evaluation produced no cross-entropy: the validation rows hold no trained token.")
-    return {"ce": output["eval_ce_loss"], "pdl": output["eval_loss"], "pdl_alpha": float(reference_alpha),
-            "mean_weight": output.get("eval_pdl_mean_weight"), "rows": len(validation_dataset)}
+    training = recipe.training
+    prepared, _ = prepare_like_sft_trainer(validation_dataset, tokenizer, preparation_args(training),
+                                           name="validation")
+    targets, nll = token_nll(model, prepared)
+    if targets.size == 0:
+        raise PDLConfigError("The validation rows hold no trained token (after masking and truncation), so there is "
+                             "no validation loss: check `dataset_test_split` and the masking settings.")
+    summary = loss_summary(targets, nll, table.counts.numpy(), float(reference_alpha), training.pdl_epsilon,
+                           getattr(training, "pdl_max_weight", None))
+    return summary | {"rows": len(validation_dataset), "rows_scored": len(prepared)}
+
+
+@torch.no_grad()
+def token_nll(model, prepared, batch_size: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """Target ids and their negative log-likelihood (float64) at every trained position of the prepared rows.
+
+    A position j >= 1 is trained when `labels[j] != -100` (the first label is never predicted); its NLL is
+    ``-log softmax(logits[j - 1])[labels[j]]``. Rows go in right-padded batches of similar length, and only the logits
+    of trained positions are computed (`logits_to_keep`), with full logits as the fallback for a model without it.
+    """
+    rows = [(list(r["input_ids"]), list(r["labels"])) for r in prepared]
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]))
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    targets, nlls = [None] * len(rows), [None] * len(rows)
+    try:
+        for start in range(0, len(order), batch_size):
+            batch = order[start : start + batch_size]
+            width = max(len(rows[i][0]) for i in batch)
+            input_ids = torch.zeros((len(batch), width), dtype=torch.long)
+            attention = torch.zeros((len(batch), width), dtype=torch.long)
+            keep = torch.zeros((len(batch), width), dtype=torch.bool)  # position j-1 predicts trained label j
+            wanted = torch.full((len(batch), width), -100, dtype=torch.long)
+            for row, i in enumerate(batch):
+                ids, labels = rows[i]
+                input_ids[row, : len(ids)] = torch.tensor(ids)
+                attention[row, : len(ids)] = 1
+                shifted = torch.tensor(labels[1:] + [-100], dtype=torch.long)
+                keep[row, : len(ids)] = shifted != -100
+                wanted[row, : len(ids)] = shifted
+            inputs = dict(input_ids=input_ids.to(device), attention_mask=attention.to(device))
+            picked = None
+            try:
+                logits = model(**inputs, logits_to_keep=keep.to(device)).logits
+                logits = logits.reshape(-1, logits.shape[-1])
+                picked = logits if logits.shape[0] == int(keep.sum()) else None
+            except (TypeError, ValueError, RuntimeError, IndexError):
+                picked = None
+            if picked is None:
+                picked = model(**inputs).logits[keep.to(device)]
+            log_probs = torch.log_softmax(picked.float(), dim=-1)
+            target = wanted[keep].to(device)
+            nll = -log_probs.gather(-1, target[:, None])[:, 0].double().cpu()
+            per_row = keep.sum(1).tolist()
+            offsets = np.cumsum([0] + per_row)
+            for row, i in enumerate(batch):
+                targets[i] = target[offsets[row] : offsets[row + 1]].cpu().numpy()
+                nlls[i] = nll[offsets[row] : offsets[row + 1]].numpy()
+    finally:
+        model.train(was_training)
+    if not rows:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64)
+    return np.concatenate(targets).astype(np.int64), np.concatenate(nlls).astype(np.float64)
+
+
+def frequency_bucket(count: int) -> str:
+    """The name of the training-frequency bucket of a token counted `count` times in the training table."""
+    for name, low, high in FREQUENCY_BUCKETS:
+        if count >= low and (high is None or count <= high):
+            return name
+    raise ValueError(f"A count must be >= 0, got {count}.")
+
+
+def loss_summary(targets, nll, counts, alpha: float, epsilon: float, max_weight: float | None = None) -> dict:
+    """Validation losses from per-token NLL: everything is a mean over the same trained tokens.
+
+    - `ce`: mean NLL.
+    - `pdl`: ``sum w(y) nll / sum w(y)`` (the paper's weighted mean, `pdl_normalize: weighted`) with the PDL weights of
+      the TRAINING table at `alpha`, `epsilon` (and the cap `max_weight`, if any), where a token the table never
+      counted gets the weight of the rarest counted token (`pdl_unseen_weight: rarest`, the training default).
+    - `pdl_formula`: the same with equation (3) as it stands for unseen tokens, ``epsilon ** -alpha`` (about 31,600 at
+      epsilon 1e-6, alpha 0.75: one such token outweighs a whole reply), for comparison.
+    - `ce_by_bucket`: the mean NLL of the tokens counted 0, 1-2, 3-10, 11-100 and more than 100 times in the training
+      table, with how many validation tokens each bucket holds.
+    """
+    from ..weights import token_weights_from_counts
+
+    targets = np.asarray(targets, dtype=np.int64)
+    nll = np.asarray(nll, dtype=np.float64)
+    counts_t = torch.as_tensor(np.asarray(counts), dtype=torch.int64)
+    weights = {policy: token_weights_from_counts(counts_t, alpha, epsilon, "weighted", max_weight, policy)
+               .double().numpy()[targets] for policy in ("rarest", "formula")}
+    token_counts = np.asarray(counts)[targets]
+    buckets = []
+    for name, low, high in FREQUENCY_BUCKETS:
+        inside = (token_counts >= low) & (token_counts <= (high if high is not None else np.inf))
+        buckets.append({"bucket": name, "min_count": low, "max_count": high, "tokens": int(inside.sum()),
+                        "share": float(inside.mean()) if targets.size else math.nan,
+                        "ce": float(nll[inside].mean()) if inside.any() else math.nan})
+    return {
+        "ce": float(nll.mean()),
+        "pdl": float((weights[UNSEEN_POLICY] * nll).sum() / weights[UNSEEN_POLICY].sum()),
+        "pdl_alpha": float(alpha),
+        "pdl_unseen_weight": UNSEEN_POLICY,
+        "pdl_formula": float((weights["formula"] * nll).sum() / weights["formula"].sum()),
+        "mean_weight": float(weights[UNSEEN_POLICY].mean()),
+        "tokens": int(targets.size),
+        "unseen_tokens": int((token_counts == 0).sum()),
+        "ce_by_bucket": buckets,
+    }
+
+
+def check_adapter_folder(adapter: str | Path) -> Path:
+    """Refuse, before anything is loaded, an `--adapter` that is not a folder holding an adapter or a model."""
+    adapter = Path(adapter)
+    if not adapter.exists():
+        raise PDLConfigError(f"The adapter folder {adapter} does not exist. Pass the output_dir of a pdl-sft run (it "
+                             "holds adapter_config.json for LoRA, or config.json for a full model).")
+    if not adapter.is_dir():
+        raise PDLConfigError(f"--adapter {adapter} is a file, not a folder. Pass the output_dir of a pdl-sft run.")
+    if not (adapter / "adapter_config.json").is_file() and not (adapter / "config.json").is_file():
+        raise PDLConfigError(f"The adapter folder {adapter} holds neither a LoRA adapter (adapter_config.json) nor a "
+                             "model (config.json). Pass the output_dir of a finished pdl-sft run.")
+    return adapter
+
+
+_SIZE_MISMATCH = re.compile(
+    r"size mismatch for (?P<name>\S+): copying a param with shape torch\.Size\((?P<adapter>\[[^]]*\])\) from "
+    r"checkpoint, the shape in current model is torch\.Size\((?P<base>\[[^]]*\])\)")
+
+
+def _adapter_mismatch(err: Exception, adapter: Path, base_name: str) -> PDLConfigError | None:
+    """A clear error for a LoRA adapter trained on a base model of other sizes than the recipe's, or None."""
+    found = _SIZE_MISMATCH.search(str(err))
+    if found is None:
+        return None
+    try:
+        trained_on = json.loads((adapter / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    except (OSError, ValueError):
+        trained_on = None
+    name = found["name"].removeprefix("base_model.model.").replace(".default.", ".")
+    origin = f" (its adapter_config.json names {trained_on})" if trained_on else ""
+    return PDLConfigError(
+        f"The LoRA adapter in {adapter} does not fit the base model {base_name}: {name} is {found['adapter']} in the "
+        f"adapter but {found['base']} in the base model. The adapter was trained on another base model{origin}; pass "
+        "the recipe it was trained with (--config), or its base model with --model_name_or_path."
+    )
 
 
 def load_for_eval(adapter: str | Path, recipe):
     """The base model of `recipe` with the LoRA adapter in `adapter` (or a full model folder), and its tokenizer."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    adapter = Path(adapter)
-    if not adapter.is_dir():
-        raise PDLConfigError(f"--adapter {adapter} is not a folder. Pass the output_dir of a pdl-sft run.")
+    adapter = check_adapter_folder(adapter)
     dtype = recipe.model.dtype if recipe.model.dtype not in (None, "auto") else torch.float32
     dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     has_tokenizer = (adapter / "tokenizer_config.json").is_file()
@@ -197,11 +410,15 @@ def load_for_eval(adapter: str | Path, recipe):
         from peft import PeftModel
 
         base = AutoModelForCausalLM.from_pretrained(recipe.model.model_name_or_path, dtype=dtype)
-        model = PeftModel.from_pretrained(base, str(adapter))
-    elif (adapter / "config.json").is_file():
-        model = AutoModelForCausalLM.from_pretrained(str(adapter), dtype=dtype)
+        try:
+            model = PeftModel.from_pretrained(base, str(adapter))
+        except RuntimeError as err:
+            mismatch = _adapter_mismatch(err, adapter, recipe.model.model_name_or_path)
+            if mismatch is None:
+                raise
+            raise mismatch from None
     else:
-        raise PDLConfigError(f"{adapter} holds neither a LoRA adapter (adapter_config.json) nor a model (config.json).")
+        model = AutoModelForCausalLM.from_pretrained(str(adapter), dtype=dtype)
     model.eval()
     return model, tokenizer
 
@@ -211,7 +428,9 @@ def format_table(result: dict) -> "rich.table.Table":  # noqa: F821
     from rich.table import Table
 
     modes = list(result["generation"])
-    view = Table(title=f"pdl-eval: {result['prompts']} validation prompts")
+    split = result.get("split", "validation")
+    task = f", task: {result['task_type']} ({result.get('task_type_reason', '')})" if "task_type" in result else ""
+    view = Table(title=f"pdl-eval: the first {result['prompts']} prompts of the `{split}` split{task}")
     view.add_column("metric")
     for mode in modes:
         view.add_column(mode, justify="right")
@@ -221,10 +440,26 @@ def format_table(result: dict) -> "rich.table.Table":  # noqa: F821
         cells = [_fmt(result["generation"][mode].get(key)) for mode in modes]
         view.add_row(key, *cells, _fmt(result["references"].get(key)))
     validation = result["validation"]
+    blank = [""] * len(modes)
     view.add_section()
-    view.add_row("validation cross-entropy", _fmt(validation["ce"]), *[""] * len(modes))
-    view.add_row(f"validation PDL (alpha={validation['pdl_alpha']})", _fmt(validation["pdl"]), *[""] * len(modes))
+    view.add_row(f"`{split}` cross-entropy ({validation.get('tokens', '?')} tokens)", _fmt(validation["ce"]), *blank)
+    policy = validation.get("pdl_unseen_weight", "formula")
+    view.add_row(f"`{split}` PDL (alpha={validation['pdl_alpha']:g}, unseen tokens: {_POLICY_WORDS[policy]})",
+                 _fmt(validation["pdl"]), *blank)
+    if "pdl_formula" in validation:
+        view.add_row(f"`{split}` PDL (alpha={validation['pdl_alpha']:g}, unseen tokens: {_POLICY_WORDS['formula']})",
+                     _fmt(validation["pdl_formula"]), *blank)
+    for bucket in validation.get("ce_by_bucket", []):
+        view.add_row(f"  CE of tokens seen {_bucket_words(bucket['bucket'])} in training ({bucket['tokens']} tokens)",
+                     _fmt(bucket["ce"]), *blank)
     return view
+
+
+_POLICY_WORDS = {"rarest": "weight of the rarest counted token", "formula": "eq. 3, eps ** -alpha"}
+
+
+def _bucket_words(name: str) -> str:
+    return {"unseen": "0 times", ">100": "more than 100 times"}.get(name, f"{name} times")
 
 
 def _fmt(value) -> str:

@@ -8,9 +8,14 @@ from __future__ import annotations
 
 import ast
 import math
+import re
 from collections.abc import Iterable, Sequence
 
 import numpy as np
+
+
+# Training-frequency buckets of the validation CE: (name, smallest count, largest count or None for no bound)
+FREQUENCY_BUCKETS = (("unseen", 0, 0), ("1-2", 1, 2), ("3-10", 3, 10), ("11-100", 11, 100), (">100", 101, None))
 
 
 def words(text: str) -> list[str]:
@@ -171,6 +176,16 @@ def body_parses(body: str) -> bool:
     return any(parses(f"{head}def _generated():\n{cut.lstrip(chr(10))}\n") for head in ("", "async "))
 
 
+_FENCE = re.compile(r"```[^\n`]*\n(.*?)(?:```|$)", re.DOTALL)
+
+
+def first_code_block(text: str) -> str:
+    """The body of the first fenced code block (```python ... ```; an unclosed fence runs to the end), or the whole
+    text when it has none: the program in a chat reply."""
+    found = _FENCE.search(text)
+    return found.group(1) if found else text
+
+
 def first_line(text: str) -> str:
     """The first non-blank line, stripped ('' when there is none): the synopsis of a one-line summary."""
     return next((line.strip() for line in text.split("\n") if line.strip()), "")
@@ -201,7 +216,8 @@ def _same_length(a: Sequence, b: Sequence) -> None:
 
 
 __all__ = [
-    "body_parses", "cut_at_top_level", "distinct_n", "first_line", "frequency_ranks", "mean_self_information", "ngrams", "parse_rate", "parses",
-    "rare_token_ids", "rare_token_recall", "repetition_rate", "rouge_l", "self_information_bits", "summarize",
-    "unseen_token_rate", "words",
+    "FREQUENCY_BUCKETS", "body_parses", "cut_at_top_level", "distinct_n", "first_code_block", "first_line",
+    "frequency_ranks", "mean_self_information", "ngrams", "parse_rate", "parses", "rare_token_ids",
+    "rare_token_recall", "repetition_rate", "rouge_l", "self_information_bits", "summarize", "unseen_token_rate",
+    "words",
 ]
