@@ -4,7 +4,10 @@ Trains one adapter per alpha (alpha 0 is the cross-entropy baseline, run as `los
 the same training table) and seed, with the same data, steps and seeds, evaluates each like `pdl-eval`, and writes a
 markdown report with metric tables (mean ± sd over seeds), loss curves and the generated tokens' frequency-rank
 distribution against the references'. `--alpha_warmup_steps N` adds one arm whose alpha ramps from 0 over N steps.
-Resumable: finished runs are not redone. Any other `--key value` is passed on to the recipe (e.g. `--max_steps 10`).
+Resumable: finished runs are not redone. With `--results_dir DIR` each finished run's small results (`train.json`,
+`results.json`; not the adapter) go to `DIR/<task>/<arm>/seed-<s>/`, runs whose results are there are skipped (commit
+them to resume a study on another machine), and the report is made from them. Any other `--key value` is passed on
+to the recipe (e.g. `--max_steps 10`).
 """
 
 from __future__ import annotations
@@ -22,13 +25,15 @@ from ..recipe import parse_recipe
 from . import run_cli
 
 USAGE = ("pdl-compare --config RECIPE.yaml --alphas 0,0.25,0.5,1.0 [--seeds 0,1] [--alpha_warmup_steps N] "
-         "[--outdir DIR] [--report FILE.md] [--report_only] [eval options] [--recipe_key value ...]")
+         "[--outdir DIR] [--results_dir DIR] [--report FILE.md] [--report_only] [eval options] "
+         "[--recipe_key value ...]")
 
 _OVERRIDES_REFUSED = ("--output_dir", "--pdl_alpha", "--seed", "--loss_type", "--pdl_alpha_warmup_steps")
 
 
 def compare(argv: list[str]) -> Path:
-    from ..eval.compare import Arm, parse_alphas, parse_seeds, run_dir, run_one, write_report
+    from ..eval.compare import (Arm, DONE, copy_results, has_results, parse_alphas, parse_seeds, run_dir, run_one,
+                                write_report)
 
     parser = eval_arguments(_Parser(prog="pdl-compare", usage=USAGE))
     parser.add_argument("--config", required=True)
@@ -38,6 +43,9 @@ def compare(argv: list[str]) -> Path:
                         help="add one arm at --warmup_alpha whose alpha ramps from 0 over this many steps")
     parser.add_argument("--warmup_alpha", type=float, default=None, help="default: the largest of --alphas")
     parser.add_argument("--outdir", default="outputs/pdl-compare")
+    parser.add_argument("--results_dir", default=None,
+                        help="keep each finished run's train.json and results.json in RESULTS_DIR/TASK/ARM/seed-S "
+                        "(e.g. docs/results, committed); runs found there are skipped and the report reads them")
     parser.add_argument("--task", default=None, help="default: the recipe's file name without _lora/_qlora")
     parser.add_argument("--report", default=None, help="default: OUTDIR/TASK/report.md")
     parser.add_argument("--report_only", action="store_true", help="only rebuild the report from finished runs")
@@ -57,6 +65,7 @@ def compare(argv: list[str]) -> Path:
     recipe = parse_recipe(["--config", options.config, *overrides])  # fails early on a bad recipe or override
     task = options.task or Path(options.config).stem.removesuffix("_lora").removesuffix("_qlora")
     task_dir = Path(options.outdir) / task
+    source_dir = Path(options.results_dir) / task if options.results_dir else task_dir
     report = Path(options.report) if options.report else task_dir / "report.md"
     command = "pdl-compare " + shlex.join(_study_argv(argv))
     console = Console()
@@ -66,14 +75,21 @@ def compare(argv: list[str]) -> Path:
         plan = [(arm, seed) for arm in arms for seed in seeds]
         for index, (arm, seed) in enumerate(plan, 1):
             folder = run_dir(options.outdir, task, arm, seed)
-            if (folder / "done").is_file():
+            kept = run_dir(options.results_dir, task, arm, seed) if options.results_dir else None
+            if kept is not None and has_results(kept):
+                console.print(f"[{index}/{len(plan)}] {task} {arm.name} seed {seed}: results in {kept}, skipped")
+                continue
+            if (folder / DONE).is_file() and has_results(folder):
+                if kept is not None:
+                    copy_results(folder, kept)
                 console.print(f"[{index}/{len(plan)}] {task} {arm.name} seed {seed}: done already, skipped")
                 continue
             console.print(f"[bold][{index}/{len(plan)}] {task} {arm.name} seed {seed}[/]: {folder}")
             started = time.perf_counter()
-            run_one(options.config, overrides, folder, arm, seed, settings, reference_alpha, log=console.print)
+            run_one(options.config, overrides, folder, arm, seed, settings, reference_alpha, log=console.print,
+                    results_folder=kept)
             console.print(f"[{index}/{len(plan)}] finished in {time.perf_counter() - started:.0f} s")
-    path = write_report(task, task_dir, report, command)
+    path = write_report(task, source_dir, report, command, base_dirs=(task_dir,))
     console.print(f"Report: {path}")
     return path
 

@@ -3,6 +3,13 @@
 Layout: ``OUTDIR/<task>/<arm>/seed-<s>/`` holds the adapter, `train.json` (log history and timings, written when
 training finished), `results.json` (the evaluation) and a `done` marker. A rerun skips runs with `done`, evaluates runs
 with `train.json` but no `done`, and retrains runs with neither (a run interrupted mid-training is redone).
+
+With a results folder (``--results_dir docs/results``) each finished run also leaves its small results, `train.json`
+and `results.json` (no adapter), in ``RESULTS_DIR/<task>/<arm>/seed-<s>/``: commit them, and a later `pdl-compare` on
+any machine skips the runs found there and reports from them.
+
+The report leads with paired statistics: every arm against the CE arm (alpha 0) on the same seed (same LoRA
+initialisation, same batches), the per-seed difference and its mean with a 95% t-interval over seeds.
 """
 
 from __future__ import annotations
@@ -66,9 +73,23 @@ def run_dir(outdir: Path, task: str, arm: Arm, seed: int) -> Path:
     return Path(outdir) / task / arm.name / f"seed-{seed}"
 
 
+def has_results(folder: Path) -> bool:
+    """Whether a run folder holds the small results of a finished run (`train.json` and `results.json`)."""
+    return (Path(folder) / TRAIN_FILE).is_file() and (Path(folder) / RESULTS_FILE).is_file()
+
+
+def copy_results(source: Path, destination: Path) -> None:
+    """Copy a finished run's small results (not its adapter) into a results folder, each file atomically."""
+    from ..files import write_json
+
+    for name in (TRAIN_FILE, RESULTS_FILE):
+        write_json(Path(destination) / name, json.loads((Path(source) / name).read_text()))
+
+
 def run_one(config: str, overrides: list[str], folder: Path, arm: Arm, seed: int, settings, reference_alpha: float,
-            log=print) -> dict:
-    """Train (unless `train.json` shows it was done) and evaluate one arm and seed; return its results."""
+            log=print, results_folder: Path | None = None) -> dict:
+    """Train (unless `train.json` shows it was done) and evaluate one arm and seed; return its results. With a
+    `results_folder`, its `train.json` and `results.json` are copied there once the run is done."""
     from ..files import write_json
     from ..recipe import parse_recipe, run_recipe
     from ..frequency import FrequencyTable
@@ -85,8 +106,11 @@ def run_one(config: str, overrides: list[str], folder: Path, arm: Arm, seed: int
         folder.mkdir(parents=True)
         wall, cpu = time.perf_counter(), time.process_time()
         trainer = run_recipe(argv)
+        args = trainer.args
+        batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * max(1, args.world_size)
         write_json(folder / TRAIN_FILE, {
             "argv": argv, "log_history": trainer.state.log_history, "global_step": trainer.state.global_step,
+            "epoch": trainer.state.epoch, "examples_seen": trainer.state.global_step * batch,
             "wall_s": time.perf_counter() - wall, "cpu_s": time.process_time() - cpu,
         })
         model, tokenizer = trainer.model, trainer.processing_class
@@ -99,6 +123,8 @@ def run_one(config: str, overrides: list[str], folder: Path, arm: Arm, seed: int
     result.update(arm=arm.name, alpha=arm.alpha, warmup_steps=arm.warmup_steps, seed=seed)
     write_json(folder / RESULTS_FILE, result)
     (folder / DONE).write_text("ok\n")
+    if results_folder is not None:
+        copy_results(folder, results_folder)
     del trainer, model
     gc.collect()
     return result
@@ -119,6 +145,7 @@ GENERATION_COLUMNS = [
     ("unseen_token_rate", "unseen tok", None),
     ("mean_tokens", "tokens", None),
     ("hit_token_limit", "hit limit", None),
+    ("blank_line_first", "blank 1st line", None),
     ("parse_rate", "parses", True),
     ("parse_rate_finished", "parses (finished)", True),
     ("body_parse_rate", "body parses (cut)", True),
@@ -127,13 +154,30 @@ GENERATION_COLUMNS = [
 
 
 def load_runs(task_dir: Path) -> dict[str, list[dict]]:
-    """Finished runs of one task, by arm name (arms sorted by alpha, warm-up arms last)."""
+    """Finished runs of one task, by arm name (arms sorted by alpha, warm-up arms last).
+
+    A run folder counts once it has `results.json` (and then needs `train.json`); a folder marked `done` without
+    `results.json`, or with results but no `train.json`, is an error that names it; other folders are runs in progress.
+    """
     runs: dict[str, list[dict]] = {}
-    for done in sorted(Path(task_dir).glob(f"*/seed-*/{DONE}")):
-        folder = done.parent
-        result = json.loads((folder / RESULTS_FILE).read_text())
-        train_info = json.loads((folder / TRAIN_FILE).read_text())
-        result["train"] = train_info
+    for folder in sorted(p for p in Path(task_dir).glob("*/seed-*") if p.is_dir()):
+        results_file, train_file = folder / RESULTS_FILE, folder / TRAIN_FILE
+        if not results_file.is_file():
+            if (folder / DONE).is_file():
+                raise PDLConfigError(
+                    f"{folder} is marked finished (`{DONE}`) but has no {RESULTS_FILE}. Delete its `{DONE}` file and "
+                    f"run pdl-compare without --report_only to evaluate it again, or restore {results_file}."
+                )
+            continue
+        if not train_file.is_file():
+            raise PDLConfigError(f"{folder} has {RESULTS_FILE} but no {TRAIN_FILE} (log history and timings). Restore "
+                                 f"{train_file}, or delete the folder to redo the run.")
+        try:
+            result = json.loads(results_file.read_text())
+            result["train"] = json.loads(train_file.read_text())
+        except ValueError as err:
+            raise PDLConfigError(f"{folder}: {RESULTS_FILE} or {TRAIN_FILE} is not valid JSON ({err}). Restore it, or "
+                                 "delete the folder to redo the run.") from None
         _fill_text_metrics(result)
         runs.setdefault(result["arm"], []).append(result)
     return dict(sorted(runs.items(), key=lambda kv: (kv[1][0]["warmup_steps"] > 0, kv[1][0]["alpha"])))
@@ -278,15 +322,236 @@ def plot_rank_distribution(runs: dict[str, list[dict]], path: Path, mode: str = 
     return path
 
 
-def write_report(task: str, task_dir: Path, report: Path, command: str) -> Path:
+# ---- paired statistics -------------------------------------------------------------------------------------------
+
+# Two-sided 95% quantiles of Student's t, t(0.975; df), for df = 1..30 (standard tables, 4 decimals)
+_T975 = (12.7062, 4.3027, 3.1824, 2.7764, 2.5706, 2.4469, 2.3646, 2.3060, 2.2622, 2.2281, 2.2010, 2.1788, 2.1604,
+         2.1448, 2.1314, 2.1199, 2.1098, 2.1009, 2.0930, 2.0860, 2.0796, 2.0739, 2.0687, 2.0639, 2.0595, 2.0555,
+         2.0518, 2.0484, 2.0452, 2.0423)
+_Z975 = 1.959963984540054
+
+
+def t_quantile_975(df: int) -> float:
+    """t(0.975; df): the table for df <= 30, the Cornish-Fisher expansion beyond (error < 1e-4 there)."""
+    if df < 1:
+        raise ValueError(f"degrees of freedom must be >= 1, got {df}")
+    if df <= len(_T975):
+        return _T975[df - 1]
+    z = _Z975
+    return (z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+            + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * df**3))
+
+
+def t_interval(values: list[float]) -> dict:
+    """Mean and its two-sided 95% t-interval, ``mean ± t(0.975; n-1) * sd / sqrt(n)`` (sample sd); NaN bounds for
+    fewer than 2 values. NaNs are dropped."""
+    clean = [float(v) for v in values if v is not None and not math.isnan(float(v))]
+    n = len(clean)
+    if n == 0:
+        return {"n": 0, "mean": math.nan, "sd": math.nan, "low": math.nan, "high": math.nan}
+    mean = float(np.mean(clean))
+    if n < 2:
+        return {"n": 1, "mean": mean, "sd": math.nan, "low": math.nan, "high": math.nan}
+    sd = float(np.std(clean, ddof=1))
+    half = t_quantile_975(n - 1) * sd / math.sqrt(n)
+    return {"n": n, "mean": mean, "sd": sd, "low": mean - half, "high": mean + half}
+
+
+def paired_differences(baseline: dict[int, float], arm: dict[int, float]) -> dict:
+    """Per seed present (and not NaN) in both, ``arm - baseline``, and their mean with its 95% t-interval."""
+    seeds = sorted(s for s in set(baseline) & set(arm)
+                   if not math.isnan(float(baseline[s])) and not math.isnan(float(arm[s])))
+    differences = [float(arm[s]) - float(baseline[s]) for s in seeds]
+    return {"seeds": seeds, "differences": differences, **t_interval(differences)}
+
+
+def _bucket_ce(name: str):
+    def get(result: dict) -> float:
+        for bucket in result["validation"].get("ce_by_bucket", []):
+            if bucket["bucket"] == name:
+                return bucket["ce"]
+        return math.nan
+    return get
+
+
+def _generation(key: str, mode: str = "greedy"):
+    return lambda result: result["generation"].get(mode, {}).get(key, math.nan)
+
+
+# (row title, value of one run, higher is better?) for the paired table; rows whose values are all missing are left out
+PAIRED_METRICS = [
+    ("val CE", lambda r: r["validation"]["ce"], False),
+    *[(f"val CE, tokens seen {name} times" if name != "unseen" else "val CE, tokens unseen in training",
+       _bucket_ce(name), False) for name, _, _ in metrics.FREQUENCY_BUCKETS],
+    ("val PDL (unseen: rarest)", lambda r: r["validation"]["pdl"] if "pdl_unseen_weight" in r["validation"]
+     else math.nan, False),
+    ("ROUGE-L (greedy)", _generation("rouge_l"), True),
+    ("ROUGE-L 1st line (greedy)", _generation("rouge_l_first_line"), True),
+    ("pass@1 (greedy)", _generation("pass_at_1"), True),
+    ("parse rate (greedy)", _generation("parse_rate"), True),
+    ("body parses, cut (greedy)", _generation("body_parse_rate"), True),
+    ("distinct-1 (greedy)", _generation("distinct_1"), True),
+    ("distinct-2 (greedy)", _generation("distinct_2"), True),
+    ("rep-3 (greedy)", _generation("repetition_3"), False),
+]
+
+
+def _verdict(stats: dict, higher_better: bool | None) -> str:
+    if stats["n"] < 2 or math.isnan(stats["low"]):
+        return "too few seeds"
+    if stats["low"] <= 0 <= stats["high"]:
+        return "no difference shown"
+    if higher_better is None:
+        return "differs"
+    better = (stats["low"] > 0) == higher_better
+    return "**better than CE**" if better else "**worse than CE**"
+
+
+def _num(value: float, digits: int = 4) -> str:
+    return "-" if value is None or math.isnan(value) else f"{value:+.{digits}f}"
+
+
+def paired_report(runs: dict[str, list[dict]]) -> list[str]:
+    """Markdown: per arm, each metric's per-seed difference to the CE arm and the mean with a 95% t-interval."""
+    baseline_name = next((name for name, rs in runs.items() if rs[0]["alpha"] == 0 and not rs[0]["warmup_steps"]),
+                         None)
+    if baseline_name is None:
+        return ["No CE arm (alpha 0) among the finished runs: no paired comparison."]
+    baseline = runs[baseline_name]
+    lines = [
+        "Each arm against the CE arm (alpha 0) on the same seed (same LoRA initialisation, same batches): the "
+        "difference arm - CE per seed, its mean, and the 95% confidence interval of the mean difference from "
+        "Student's t over seeds (mean ± t(0.975; n-1) · sd / √n, n = seeds). \"better/worse than CE\" when the "
+        "interval excludes 0. Generation metrics are of greedy decoding.",
+        "",
+    ]
+    for name, results in runs.items():
+        if name == baseline_name:
+            continue
+        lines += [f"**{_arm_label(results[0])} − CE**", "",
+                  "| metric | CE mean | arm − CE per seed | mean difference | 95% t-interval | verdict |",
+                  "|---|---|---|---|---|---|"]
+        for title, get, higher_better in PAIRED_METRICS:
+            base_values = {r["seed"]: get(r) for r in baseline}
+            arm_values = {r["seed"]: get(r) for r in results}
+            stats = paired_differences(base_values, arm_values)
+            if not stats["seeds"]:
+                continue
+            per_seed = ", ".join(f"s{seed}: {_num(d)}" for seed, d in zip(stats["seeds"], stats["differences"]))
+            interval = "-" if math.isnan(stats["low"]) else f"[{_num(stats['low'])}, {_num(stats['high'])}]"
+            ce_mean = metrics.summarize(list(base_values.values()))["mean"]
+            lines.append(f"| {title} | {ce_mean:.4f} | {per_seed} | {_num(stats['mean'])} | {interval} | "
+                         f"{_verdict(stats, higher_better)} |")
+        lines.append("")
+    return lines
+
+
+def bucket_report(runs: dict[str, list[dict]]) -> list[str]:
+    """Markdown: validation CE by training-frequency bucket, mean ± sd over seeds per arm, tokens per bucket."""
+    first = next(iter(runs.values()))[0]
+    buckets = first["validation"].get("ce_by_bucket")
+    if not buckets:
+        return ["These runs were evaluated before validation CE by frequency bucket existed (pdl-eval/1)."]
+    head = ["arm", "seeds", *[f"{b['bucket']} ({b['tokens']} tok)" for b in buckets]]
+    lines = [
+        "Validation cross-entropy of the tokens counted 0 (unseen), 1-2, 3-10, 11-100 and more than 100 times in the "
+        "training table (token counts of the validation split in the header). If PDL does what it claims, the rare "
+        "buckets improve and the frequent ones pay.",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
+    for results in runs.values():
+        cells = [cell([_bucket_ce(b["bucket"])(r) for r in results]) for b in buckets]
+        lines.append(f"| {_arm_label(results[0])} | {len(results)} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _eval_curve(result: dict) -> list[tuple[int, float]]:
+    history = result["train"].get("log_history", [])
+    key = "eval_ce_loss" if any("eval_ce_loss" in e for e in history) else "eval_loss"
+    return sorted((int(e["step"]), float(e[key])) for e in history if key in e and "step" in e)
+
+
+def flattening(result: dict, threshold: float = 0.02) -> dict:
+    """Whether a run's validation CE had flattened: its relative improvement over the last quarter of the run, from
+    the last evaluation at or before 3/4 of the final step to the last evaluation, is under `threshold`."""
+    curve = _eval_curve(result)
+    final_step = max([result["train"].get("global_step", 0), *[step for step, _ in curve]] or [0])
+    start = [point for point in curve if point[0] <= 0.75 * final_step]
+    if len(curve) < 2 or not start or start[-1] == curve[-1]:
+        return {"available": False, "evaluations": len(curve), "final_step": final_step}
+    (step_a, value_a), (step_b, value_b) = start[-1], curve[-1]
+    improvement = (value_a - value_b) / value_a
+    return {"available": True, "evaluations": len(curve), "final_step": final_step, "from_step": step_a,
+            "from_ce": value_a, "to_step": step_b, "to_ce": value_b, "improvement": improvement,
+            "flattened": improvement < threshold}
+
+
+def flattening_report(runs: dict[str, list[dict]]) -> list[str]:
+    baseline = next((rs for rs in runs.values() if rs[0]["alpha"] == 0 and not rs[0]["warmup_steps"]), None)
+    if baseline is None:
+        return ["No CE arm (alpha 0): no flattening check."]
+    lines = ["Has the CE arm's validation cross-entropy flattened? Relative improvement over the last quarter of the "
+             "run (from the last evaluation at or before 3/4 of the steps to the last one) from the evaluations in the "
+             "training log (the trainer's eval over the whole validation split); flattened when under 2%.", "",
+             "| seed | evaluations | val CE at step | val CE at step | improvement | flattened |",
+             "|---|---|---|---|---|---|"]
+    for result in sorted(baseline, key=lambda r: r["seed"]):
+        check = flattening(result)
+        if not check["available"]:
+            lines.append(f"| {result['seed']} | {check['evaluations']} | - | - | - | not measurable: train with "
+                         "`--eval_strategy steps --eval_steps N` (at least one evaluation before the last quarter) |")
+            continue
+        lines.append(f"| {result['seed']} | {check['evaluations']} | {check['from_ce']:.4f} (step {check['from_step']})"
+                     f" | {check['to_ce']:.4f} (step {check['to_step']}) | {100 * check['improvement']:.2f}% | "
+                     f"{'yes' if check['flattened'] else '**no**'} |")
+    return lines
+
+
+def plot_validation_curves(runs: dict[str, list[dict]], path: Path) -> Path | None:
+    """Validation CE per evaluation step (mean over seeds, band = range), from the training logs; None without any."""
+    if not any(_eval_curve(r) for rs in runs.values() for r in rs):
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7.5, 4.6))
+    for results in runs.values():
+        curves = [dict(_eval_curve(r)) for r in results if _eval_curve(r)]
+        steps = sorted(set.intersection(*[set(c) for c in curves])) if curves else []
+        if not steps:
+            continue
+        values = np.array([[c[s] for s in steps] for c in curves])
+        line, = axis.plot(steps, values.mean(0), marker=".", label=_arm_label(results[0]))
+        if len(curves) > 1:
+            axis.fill_between(steps, values.min(0), values.max(0), alpha=0.15, color=line.get_color())
+    axis.set(xlabel="optimizer step", ylabel="validation cross-entropy",
+             title="Validation CE during training (mean over seeds, band = range)")
+    axis.grid(True, alpha=0.3)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def write_report(task: str, task_dir: Path, report: Path, command: str, base_dirs: tuple[Path, ...] = ()) -> Path:
+    """The markdown report of the finished runs under `task_dir` (figures beside it). `base-model.json` is read from
+    `task_dir`, else from the first of `base_dirs` that has one."""
     runs = load_runs(task_dir)
     if not runs:
-        raise PDLConfigError(f"No finished run under {task_dir}: nothing to report yet.")
+        raise PDLConfigError(f"No finished run under {task_dir}: nothing to report yet (a run is finished once its "
+                             f"folder <arm>/seed-<s>/ holds {RESULTS_FILE} and {TRAIN_FILE}).")
     figures = report.parent
     loss_png = plot_loss_curves(runs, figures / f"{task}-loss-curves.png")
     rank_png = plot_rank_distribution(runs, figures / f"{task}-frequency-rank.png")
-    base_file = Path(task_dir) / BASE_FILE
-    base = json.loads(base_file.read_text()) if base_file.is_file() else None
+    validation_png = plot_validation_curves(runs, figures / f"{task}-validation-curves.png")
+    base_file = next((Path(d) / BASE_FILE for d in (task_dir, *base_dirs) if (Path(d) / BASE_FILE).is_file()), None)
+    base = json.loads(base_file.read_text()) if base_file is not None else None
     if base is not None:
         _fill_text_metrics(base)
     first = next(iter(runs.values()))[0]
@@ -295,21 +560,51 @@ def write_report(task: str, task_dir: Path, report: Path, command: str) -> Path:
     eval_cpu = sum(r["time"]["cpu_s"] for rs in runs.values() for r in rs)
     train_wall = sum(r["train"]["wall_s"] for rs in runs.values() for r in rs)
     eval_wall = sum(r["time"]["wall_s"] for rs in runs.values() for r in rs)
-    steps = first["train"]["global_step"]
+    steps = sorted({r["train"]["global_step"] for rs in runs.values() for r in rs})
+    seen = sorted({r["train"]["examples_seen"] for rs in runs.values() for r in rs if "examples_seen" in r["train"]})
+    epochs = sorted({round(r["train"]["epoch"], 2) for rs in runs.values() for r in rs if r["train"].get("epoch")})
     settings = first["settings"]
+    split = first.get("split", "validation")
+    policy = validation.get("pdl_unseen_weight")
+    pdl_words = (f"PDL at alpha {validation['pdl_alpha']:g} for every arm, weights from the training table, tokens "
+                 "the table never counted weighted as its rarest counted token" if policy == "rarest" else
+                 f"PDL at alpha {validation['pdl_alpha']:g} for every arm, weights from the training table "
+                 "(equation 3 as is for unseen tokens)")
+    task_words = (f" Task type: {first['task_type']} ({first.get('task_type_reason', '')})."
+                  if "task_type" in first else "")
+    stop_list = ", ".join(repr(stop) for stop in first.get("stop_sequences") or [])
+    stops = f" Code generations stop at the next top-level statement ({stop_list})." if stop_list else ""
+    scale = f"{'/'.join(map(str, steps))} optimizer steps"
+    if seen:
+        scale += f", {'/'.join(map(str, seen))} training examples seen"
+    if epochs:
+        scale += f" ({'/'.join(map(str, epochs))} epochs)"
     lines = [
         f"## {task}",
         "",
         f"Command: `{command}`" if command else "",
         "",
-        f"{sum(len(rs) for rs in runs.values())} runs, {steps} optimizer steps each; evaluated on the first "
-        f"{first['prompts']} validation prompts, at most {settings['max_new_tokens']} new tokens, greedy and one sampled "
-        f"run (temperature {settings['temperature']}, top-p {settings['top_p']}, seed = training seed). Validation CE "
-        f"and PDL on the same {validation['rows']} validation rows; PDL at alpha {validation['pdl_alpha']:g} for every "
-        "arm, weights from each run's training table. Cells: mean ± sample sd over seeds.",
+        f"{sum(len(rs) for rs in runs.values())} runs, {scale} each; evaluated on the first "
+        f"{first['prompts']} prompts of the `{split}` split, at most {settings['max_new_tokens']} new tokens, greedy "
+        f"and one sampled run (temperature {settings['temperature']}, top-p {settings['top_p']}, seed = training "
+        f"seed).{task_words}{stops} Validation CE and PDL on the trained tokens of the same {validation['rows']} "
+        f"`{split}` rows; {pdl_words}.",
         "",
         f"CPU time: training {train_cpu / 60:.1f} min, evaluation {eval_cpu / 60:.1f} min "
         f"(wall {train_wall / 60:.1f} + {eval_wall / 60:.1f} min).",
+        "",
+        "### Paired differences against CE",
+        "",
+        *paired_report(runs),
+        "### Validation CE by training frequency",
+        "",
+        *bucket_report(runs),
+        "",
+        "### Has the CE arm converged?",
+        "",
+        *flattening_report(runs),
+        "",
+        "### All metrics (cells: mean ± sample sd over seeds)",
         "",
         "Greedy decoding:",
         "",
@@ -319,7 +614,10 @@ def write_report(task: str, task_dir: Path, report: Path, command: str) -> Path:
     if any("sampled" in r["generation"] for rs in runs.values() for r in rs):
         lines += ["Sampled decoding:", "", metric_table(runs, "sampled", base), ""]
     rel = lambda p: Path(p).resolve().relative_to(report.parent.resolve()).as_posix()  # noqa: E731
-    lines += [f"![{task} loss curves]({rel(loss_png)})", "", f"![{task} frequency ranks]({rel(rank_png)})", ""]
+    lines += [f"![{task} loss curves]({rel(loss_png)})", ""]
+    if validation_png is not None:
+        lines += [f"![{task} validation curves]({rel(validation_png)})", ""]
+    lines += [f"![{task} frequency ranks]({rel(rank_png)})", ""]
     report.parent.mkdir(parents=True, exist_ok=True)
     report.write_text("\n".join(lines) + "\n")
     return report

@@ -67,7 +67,11 @@ def test_pdl_eval_scores_an_adapter_and_writes_json(tmp_path, tokenizer, capsys)
     # validation losses cover the same 2 validation rows; PDL at the recipe's alpha
     assert result["validation"]["rows"] == 2 and result["validation"]["pdl_alpha"] == 0.5
     assert result["validation"]["ce"] > 0 and result["validation"]["pdl"] > 0
-    assert "rouge_l" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "rouge_l" in out and "eval_num_tokens" not in out
+    assert "the first 2 prompts of the `validation` split" in " ".join(out.split())
+    assert result["validation"]["pdl_unseen_weight"] == "rarest" and len(result["validation"]["ce_by_bucket"]) == 5
+    assert sum(b["tokens"] for b in result["validation"]["ce_by_bucket"]) == result["validation"]["tokens"]
     # alpha 0 as reference: the PDL is the cross-entropy
     zero = evaluate_cli(["--adapter", str(adapter), "--config", recipe, "--max_prompts", "3", "--max_new_tokens",
                          "2", "--no_sampled", "--reference_alpha", "0"])
@@ -78,10 +82,79 @@ def test_pdl_eval_scores_an_adapter_and_writes_json(tmp_path, tokenizer, capsys)
 
 def test_pdl_eval_without_a_training_table_says_how_to_get_one(tmp_path, capsys):
     recipe = _recipe(tmp_path)
-    (tmp_path / "empty").mkdir()
+    (tmp_path / "adapter").mkdir()
+    (tmp_path / "adapter" / "adapter_config.json").write_text("{}")
     with pytest.raises(SystemExit) as exit_info:
-        eval_main(["--adapter", str(tmp_path / "empty"), "--config", recipe])
+        eval_main(["--adapter", str(tmp_path / "adapter"), "--config", recipe])
     assert exit_info.value.code == 2 and "pdl-freq" in capsys.readouterr().err
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err
+    message = err[err.index("error:"):]  # after any progress bar of the model loading
+    assert "Traceback" not in err and message.count("error:") == 1
+    return " ".join(message.split())
+
+
+def test_pdl_eval_on_a_missing_adapter_folder_names_the_folder(tmp_path, capsys):
+    recipe = _recipe(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        eval_main(["--adapter", str(tmp_path / "no-such-run"), "--config", recipe])
+    err = _one_line_error(capsys)
+    assert exit_info.value.code == 2 and "adapter folder" in err and "no-such-run does not exist" in err
+    assert "table" not in err
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit):
+        eval_main(["--adapter", str(tmp_path / "empty"), "--config", recipe])
+    assert "holds neither a LoRA adapter" in _one_line_error(capsys)
+
+
+def _tiny_adapter(folder, tokenizer):
+    """A LoRA adapter trained on a 16-wide model (the recipe's base is 576 wide), with a matching table."""
+    from peft import LoraConfig, get_peft_model
+
+    from conftest import make_tiny_model
+    from pdl_plugin.frequency import TABLE_FILENAME, FrequencyTable, tokenizer_fingerprint
+
+    model = get_peft_model(make_tiny_model(len(tokenizer)), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    model.save_pretrained(str(folder))
+    counts = torch.ones(len(tokenizer), dtype=torch.int64)
+    FrequencyTable(counts, tokenizer_fingerprint(tokenizer), "completion_only", "x").save(folder / TABLE_FILENAME)
+
+
+def test_an_adapter_of_another_base_model_is_one_clear_error(tmp_path, tokenizer, capsys):
+    recipe = _recipe(tmp_path)
+    _tiny_adapter(tmp_path / "adapter", tokenizer)
+    with pytest.raises(SystemExit) as exit_info:
+        eval_main(["--adapter", str(tmp_path / "adapter"), "--config", recipe])
+    err = _one_line_error(capsys)
+    assert exit_info.value.code == 2 and "does not fit the base model" in err
+    assert "[4, 16] in the adapter but [4, 576] in the base model" in err and "--model_name_or_path" in err
+    # pdl-compare evaluating a trained run (train.json, no `done`) whose adapter does not fit the recipe's base model
+    run = tmp_path / "cmp" / "toy" / "alpha-0" / "seed-0"
+    _tiny_adapter(run, tokenizer)
+    (run / "train.json").write_text(json.dumps({"log_history": [], "global_step": 1, "cpu_s": 1.0, "wall_s": 1.0}))
+    with pytest.raises(SystemExit) as exit_info:
+        compare_main(["--config", recipe, "--alphas", "0", "--seeds", "0", "--outdir", str(tmp_path / "cmp"),
+                      "--task", "toy", "--max_prompts", "1"])
+    err = _one_line_error(capsys)
+    assert exit_info.value.code == 2 and "[4, 16] in the adapter but [4, 576] in the base model" in err
+
+
+def test_pdl_compare_report_only_with_a_missing_results_file(tmp_path, capsys):
+    recipe = _recipe(tmp_path)
+    run = tmp_path / "cmp" / "toy" / "alpha-0" / "seed-0"
+    run.mkdir(parents=True)
+    (run / "done").write_text("ok\n")
+    argv = ["--config", recipe, "--alphas", "0", "--seeds", "0", "--outdir", str(tmp_path / "cmp"), "--task", "toy",
+            "--report_only"]
+    with pytest.raises(SystemExit) as exit_info:
+        compare_main(argv)
+    err = _one_line_error(capsys)
+    assert exit_info.value.code == 2 and "has no results.json" in err and "seed-0" in err
+    with pytest.raises(SystemExit) as exit_info:
+        compare_main([*argv, "--results_dir", str(tmp_path / "empty-results")])
+    assert exit_info.value.code == 2 and "No finished run" in _one_line_error(capsys)
 
 
 def test_pdl_compare_trains_each_arm_evaluates_reports_and_resumes(tmp_path):
@@ -115,6 +188,25 @@ def test_pdl_compare_trains_each_arm_evaluates_reports_and_resumes(tmp_path):
     assert (tmp_path / "docs" / "toy-loss-curves.png").is_file() and "](toy-frequency-rank.png)" in elsewhere.read_text()
     assert "--report" not in elsewhere.read_text() and "--max_steps 1" in elsewhere.read_text()
     assert elsewhere.read_text().count("| base model, no finetuning (pdl-eval) | 1 |") == 2  # greedy and sampled
+    assert "### Paired differences against CE" in elsewhere.read_text()
+
+
+def test_pdl_compare_keeps_small_results_and_resumes_from_them(tmp_path):
+    recipe = _recipe(tmp_path)
+    results = tmp_path / "docs" / "results"
+    argv = ["--config", recipe, "--alphas", "0,1", "--seeds", "3", "--max_prompts", "2", "--max_new_tokens", "3",
+            "--max_steps", "1", "--task", "toy", "--results_dir", str(results), "--no_sampled"]
+    compare([*argv, "--outdir", str(tmp_path / "machine-a")])
+    for arm in ("alpha-0", "alpha-1"):
+        kept = results / "toy" / arm / "seed-3"
+        assert sorted(p.name for p in kept.iterdir()) == ["results.json", "train.json"]  # no adapter
+        train = json.loads((kept / "train.json").read_text())
+        assert train["global_step"] == 1 and train["examples_seen"] == 2 and train["log_history"]
+    # another machine, a fresh outdir: every run is found in the results folder, nothing is trained again
+    report = compare([*argv, "--outdir", str(tmp_path / "machine-b"), "--report", str(tmp_path / "docs" / "toy.md")])
+    assert not (tmp_path / "machine-b" / "toy" / "alpha-0").exists()
+    text = report.read_text()
+    assert "**alpha 1 − CE**" in text and "| val CE |" in text and "| alpha 0 (CE baseline) | 1 |" in text
 
 
 @pytest.mark.parametrize(
