@@ -94,6 +94,8 @@ def test_logged_loss_equals_independent_pdl(pdl_run, smol_path):
         assert math.isclose(log["loss"], expected["loss"], rel_tol=1e-5), report
         assert math.isclose(log["ce_loss"], expected["ce_loss"], rel_tol=1e-5), report
         assert math.isclose(log["pdl_mean_weight"], expected["mean_weight"], rel_tol=1e-5), report
+        # Axolotl's `ppl` is the perplexity of the plain cross-entropy, not exp of the weighted PDL mean
+        assert math.isclose(log["ppl"], math.exp(expected["ce_loss"]), rel_tol=1e-4), report
         # The denominator the Trainer passed: the weight sum over the whole accumulation window
         assert math.isclose(window["num_items_in_batch"], expected["weight_sum"], rel_tol=1e-6), report
         assert expected["loss"] != pytest.approx(expected["ce_loss"], rel=1e-3)  # alpha 0.5 really reweights
