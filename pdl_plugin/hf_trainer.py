@@ -41,7 +41,13 @@ class PDLTrainerMixin:
     """
 
     pdl_engine: PDLEngine | None = None
-    loss_is_scaled_for_ga = True
+
+    @property
+    def loss_is_scaled_for_ga(self) -> bool | None:
+        """True under PDL (the loss is divided by the whole step's denominator); otherwise the host's own answer."""
+        if self.pdl_engine is not None:
+            return True
+        return getattr(super(), "loss_is_scaled_for_ga", None)
 
     def _pdl_connect(self, engine: PDLEngine, core_model, fallback: str, blocker: str | None = None) -> None:
         """Attach the engine and install the trained-positions head on `core_model` (the transformers model under
