@@ -280,7 +280,9 @@ def check_before_training(recipe: Recipe) -> None:
 
     training = recipe.training
     check_can_create_folder(training.output_dir, "output_dir")
-    check_resume_checkpoint(training.resume_from_checkpoint, training.output_dir)
+    resume = check_resume_checkpoint(training.resume_from_checkpoint, training.output_dir)
+    if resume is not None:
+        training.resume_from_checkpoint = str(resume)  # the Trainer's True would take a half-saved newest folder
     if training.pdl_freq_path and not Path(training.pdl_freq_path).exists():
         raise PDLConfigError(
             f"pdl_freq_path {training.pdl_freq_path} does not exist. Count a table with `pdl-freq --config RECIPE.yaml "
@@ -303,19 +305,31 @@ def check_training_data(recipe: Recipe, train_dataset) -> None:
 
 
 def check_resume_checkpoint(checkpoint, output_dir: str | Path) -> Path | None:
-    """The checkpoint folder a resume would read, refusing one that does not exist or was never completely saved."""
-    from transformers.trainer_utils import get_last_checkpoint
+    """The checkpoint folder a resume reads, refusing one that does not exist or was never completely saved.
+
+    `True` means the newest complete checkpoint-N of `output_dir` (one whose `trainer_state.json`, which the Trainer
+    writes last, is there and readable): a newer one that a killed run left half-written is skipped with a warning.
+    """
+    import logging
 
     if not checkpoint:
         return None
     if checkpoint is True:
-        found = get_last_checkpoint(str(output_dir)) if Path(output_dir).is_dir() else None
-        if found is None:
+        found = sorted(_checkpoints(output_dir), key=lambda item: item[0], reverse=True)
+        complete = [folder for _, folder in found if _checkpoint_problem(folder) is None]
+        if not complete:
+            incomplete = f" ({', '.join(folder.name for _, folder in found)} incomplete)" if found else ""
             raise PDLConfigError(
-                f"resume_from_checkpoint is true but output_dir {output_dir} holds no checkpoint-N folder to resume "
-                "from. Train without resuming, or pass the path of a checkpoint."
+                f"resume_from_checkpoint is true but output_dir {output_dir} holds no complete checkpoint-N folder to "
+                f"resume from{incomplete}. Train without resuming, or pass the path of a checkpoint."
             )
-        checkpoint = found
+        skipped = [folder.name for _, folder in found if folder != complete[0] and _newer(folder, complete[0])]
+        if skipped:
+            logging.getLogger(__name__).warning(
+                "Resuming from %s: the newer %s %s interrupted while being saved.", complete[0], ", ".join(skipped),
+                "was" if len(skipped) == 1 else "were",
+            )
+        return complete[0]
     folder = Path(checkpoint)
     if not folder.exists():
         raise PDLConfigError(
@@ -324,12 +338,45 @@ def check_resume_checkpoint(checkpoint, output_dir: str | Path) -> Path | None:
         )
     if not folder.is_dir():
         raise PDLConfigError(f"Cannot resume from {folder}: it is a file, not a checkpoint-N folder.")
-    if not (folder / "trainer_state.json").is_file():
+    problem = _checkpoint_problem(folder)
+    if problem:
         raise PDLConfigError(
-            f"Cannot resume from {folder}: it has no trainer_state.json, so it is not a checkpoint or it was "
-            "interrupted while being saved. Resume from an earlier checkpoint, or delete this folder."
+            f"Cannot resume from {folder}: {problem}, so it is not a checkpoint or it was interrupted while being "
+            "saved. Resume from an earlier checkpoint (`--resume_from_checkpoint true` picks the last complete one), "
+            "or delete this folder."
         )
     return folder
+
+
+def _checkpoints(output_dir) -> list[tuple[int, Path]]:
+    import re
+
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    folder = Path(output_dir)
+    if not folder.is_dir():
+        return []
+    pattern = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
+    return [(int(match.group(1)), path) for path in folder.iterdir()
+            if path.is_dir() and (match := pattern.match(path.name))]
+
+
+def _newer(folder: Path, than: Path) -> bool:
+    return int(folder.name.rsplit("-", 1)[1]) > int(than.name.rsplit("-", 1)[1])
+
+
+def _checkpoint_problem(folder: Path) -> str | None:
+    """Why `folder` cannot be resumed from (None when its trainer_state.json, written last, is there and whole)."""
+    import json
+
+    state = folder / "trainer_state.json"
+    if not state.is_file():
+        return "it has no trainer_state.json"
+    try:
+        json.loads(state.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "its trainer_state.json is truncated or unreadable"
+    return None
 
 
 def save_final_model(trainer, output_dir: str | Path) -> Path:
@@ -359,9 +406,8 @@ def save_final_model(trainer, output_dir: str | Path) -> Path:
 
 
 def _last_checkpoint(output_dir) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
-
-    return get_last_checkpoint(str(output_dir)) if Path(output_dir).is_dir() else None
+    complete = [(step, folder) for step, folder in _checkpoints(output_dir) if _checkpoint_problem(folder) is None]
+    return str(max(complete, key=lambda item: item[0])[1]) if complete else None
 
 
 def run_recipe(argv: list[str]):

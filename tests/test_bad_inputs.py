@@ -252,6 +252,12 @@ def _incomplete_checkpoint(tmp: Path) -> list[str]:
     return _resume_from(tmp, str(folder))
 
 
+def _truncated_state_checkpoint(tmp: Path) -> list[str]:
+    argv = _incomplete_checkpoint(tmp)
+    (tmp / "out" / "checkpoint-2" / "trainer_state.json").write_text('{"global_step": 2, "log_hist')
+    return argv
+
+
 def _adapter_disk_full(monkeypatch, tmp):
     import peft.peft_model
 
@@ -316,7 +322,12 @@ CASES: list[Case] = [
     Case("resume-missing-checkpoint", "pdl-sft", lambda t: _resume_from(t, str(t / "out" / "checkpoint-7")),
          r"checkpoint-7.*no such checkpoint", before_data=True),
     Case("resume-true-without-checkpoint", "pdl-sft", lambda t: _resume_from(t, True),
-         r"no checkpoint", before_data=True),
+         r"no (complete )?checkpoint", before_data=True),
+    Case("resume-true-only-incomplete-checkpoint", "pdl-sft",
+         lambda t: (_incomplete_checkpoint(t), _resume_from(t, True))[1],
+         r"no complete checkpoint.*checkpoint-2 incomplete", before_data=True),
+    Case("resume-truncated-trainer-state", "pdl-sft", lambda t: _truncated_state_checkpoint(t),
+         r"trainer_state\.json is truncated", before_data=True),
     Case("resume-incomplete-checkpoint", "pdl-sft", _incomplete_checkpoint, r"trainer_state\.json",
          before_data=True),
     # ---- tables
