@@ -565,3 +565,32 @@ def test_a_live_writers_temporary_is_kept(tmp_path):
     live = tmp_path / f".t.safetensors.{host}-{os.getppid()}.0a0a0a0a.tmp"  # our parent: alive
     live.write_bytes(b"being written")
     assert remove_stale_temporaries(tmp_path / "t.safetensors") == [] and live.exists()
+
+
+def test_truncation_report_counts_rows_dropped_and_cut_by_hand():
+    from types import SimpleNamespace
+
+    from datasets import Dataset
+
+    from pdl_plugin.preparation import truncation_report
+
+    x = -100
+    rows = [
+        [x, x, x, x],  # trains nothing at all
+        [x, x, x, 5, 6],  # keep_start 3: every trained token cut -> dropped; keep_end 3: kept whole
+        [x, 5, 6, 7, 8],  # keep_start 3: 2 of 4 cut; keep_end 3: 1 of 4 cut
+        [x, 5],  # short: untouched
+    ]
+    data = Dataset.from_dict({"labels": rows})
+    args = dict(max_length=3, packing=False, packing_strategy="bfd")
+    start = truncation_report(data, SimpleNamespace(truncation_mode="keep_start", **args))
+    assert (start.rows, start.rows_without_trained_tokens, start.rows_emptied_by_truncation, start.rows_cut) == (
+        4, 1, 1, 1)
+    assert (start.trained_tokens, start.trained_tokens_cut, start.rows_dropped) == (7, 4, 2)
+    end = truncation_report(data, SimpleNamespace(truncation_mode="keep_end", **args))
+    assert (end.rows_emptied_by_truncation, end.rows_cut, end.trained_tokens_cut, end.rows_dropped) == (0, 1, 1, 1)
+    packed = truncation_report(data, SimpleNamespace(truncation_mode="keep_start", **{**args, "packing": True}))
+    assert (packed.truncation, packed.rows_dropped, packed.trained_tokens_cut) == ("packing", 0, 4)
+    assert "kept, but they train nothing" in packed.summary()
+    whole = truncation_report(data, SimpleNamespace(truncation_mode="keep_start", **{**args, "max_length": None}))
+    assert (whole.trained_tokens_cut, whole.rows_dropped, whole.lines()[0].startswith("1 row of 4")) == (0, 0, True)
