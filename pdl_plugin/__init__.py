@@ -17,6 +17,8 @@ _EXPORTS = {
     "FrequencyTableError": ".errors",
     "PDLConfigError": ".errors",
     "PDLError": ".errors",
+    "PDLDataError": ".errors",
+    "PDLWriteError": ".errors",
     "PDLEngine": ".engine",
     "PDLSettings": ".settings",
     "PDLSFTConfig": ".config",

@@ -26,7 +26,7 @@ import torch
 
 from .errors import FrequencyTableError, PDLConfigError, PDLError
 from .files import write_json
-from .frequency import IGNORE_INDEX, TABLE_FILENAME, FrequencyTable, count_trained_tokens
+from .frequency import IGNORE_INDEX, TABLE_FILENAME, FrequencyTable, count_trained_tokens, few_trained_ids_warning
 from .loss import pdl_sums, target_weights
 from .settings import RESUME_KEYS, PDLSettings
 
@@ -71,6 +71,9 @@ class PDLEngine:
                                  f"weight. {fix}")
         self.weights = self._weights_for_alpha(settings.pdl_alpha)
         self._check_weights()
+        few = few_trained_ids_warning(table)
+        if few:
+            log.warning("PDL: %s", few)
         if masking is not None and table.masking != masking:
             log.warning(
                 "PDL: the table %s was counted with masking %r, but this run trains %r tokens: its frequencies "

@@ -13,13 +13,11 @@ from pathlib import Path
 import torch
 import transformers
 from packaging.version import Version
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from .checkpoints import check_resume_checkpoint
 from .engine import PDLEngine
-from .errors import PDLConfigError
 from .fused_head import add_pdl_head, pdl_head_unsupported
-
-TRAINER_STATE_NAME = "trainer_state.json"  # written last by Trainer._save_checkpoint: a complete checkpoint has it
 
 
 def shifted_labels(batch: dict) -> torch.Tensor:
@@ -132,30 +130,15 @@ class PDLTrainerMixin:
         return super()._save_checkpoint(model, trial, *args, **kwargs)
 
     def train(self, resume_from_checkpoint=None, **kwargs):
-        """Check a resume against the engine, then write the run's PDL files: nothing is written before that."""
+        """Check a resume against the engine, then write the run's PDL files: nothing is written before that.
+
+        `resume_from_checkpoint=True` resumes from the newest *complete* checkpoint (a newer one a killed run left
+        half-saved is skipped), and that folder is what the Trainer is given."""
         if self.pdl_engine is not None:
             if resume_from_checkpoint:
-                self.pdl_engine.check_resume(self._pdl_checkpoint_folder(resume_from_checkpoint))
+                folder = check_resume_checkpoint(resume_from_checkpoint, self.args.output_dir)
+                self.pdl_engine.check_resume(folder)
+                resume_from_checkpoint = str(folder)
             if self.args.should_save:
                 self.pdl_engine.save(self.args.output_dir)
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
-
-    def _pdl_checkpoint_folder(self, checkpoint) -> Path:
-        if checkpoint is True:
-            found = get_last_checkpoint(self.args.output_dir) if Path(self.args.output_dir).is_dir() else None
-            if found is None:
-                raise PDLConfigError(
-                    f"resume_from_checkpoint is true but {self.args.output_dir} holds no checkpoint-N folder. Train "
-                    "without resuming, or pass the path of a checkpoint."
-                )
-            checkpoint = found
-        folder = Path(checkpoint)
-        if not folder.is_dir():
-            raise PDLConfigError(f"Cannot resume from {folder}: no such checkpoint folder. Pass an existing "
-                                 "checkpoint-N folder, or train without resuming.")
-        if not (folder / TRAINER_STATE_NAME).is_file():
-            raise PDLConfigError(
-                f"Cannot resume from {folder}: it has no {TRAINER_STATE_NAME}, so it was interrupted while being "
-                "saved. Resume from the previous checkpoint, or delete this folder."
-            )
-        return folder

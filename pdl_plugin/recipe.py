@@ -5,6 +5,7 @@ evaluation call these; nothing here prints or exits."""
 from __future__ import annotations
 
 import difflib
+import logging
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,7 @@ from trl import DatasetMixtureConfig, ModelConfig, ScriptArguments, TrlParser
 from .config import PDLSFTConfig
 from .data.embedded_model import EMBEDDED_PREFIX, resolve_embedded_model
 from .data.registry import resolve_embedded_dataset
+from .checkpoints import check_resume_checkpoint, last_complete_checkpoint
 from .errors import PDLConfigError, PDLDataError, PDLError
 
 if TYPE_CHECKING:
@@ -304,81 +306,6 @@ def check_training_data(recipe: Recipe, train_dataset) -> None:
             check_assistant_turns(train_dataset)
 
 
-def check_resume_checkpoint(checkpoint, output_dir: str | Path) -> Path | None:
-    """The checkpoint folder a resume reads, refusing one that does not exist or was never completely saved.
-
-    `True` means the newest complete checkpoint-N of `output_dir` (one whose `trainer_state.json`, which the Trainer
-    writes last, is there and readable): a newer one that a killed run left half-written is skipped with a warning.
-    """
-    import logging
-
-    if not checkpoint:
-        return None
-    if checkpoint is True:
-        found = sorted(_checkpoints(output_dir), key=lambda item: item[0], reverse=True)
-        complete = [folder for _, folder in found if _checkpoint_problem(folder) is None]
-        if not complete:
-            incomplete = f" ({', '.join(folder.name for _, folder in found)} incomplete)" if found else ""
-            raise PDLConfigError(
-                f"resume_from_checkpoint is true but output_dir {output_dir} holds no complete checkpoint-N folder to "
-                f"resume from{incomplete}. Train without resuming, or pass the path of a checkpoint."
-            )
-        skipped = [folder.name for _, folder in found if folder != complete[0] and _newer(folder, complete[0])]
-        if skipped:
-            logging.getLogger(__name__).warning(
-                "Resuming from %s: the newer %s %s interrupted while being saved.", complete[0], ", ".join(skipped),
-                "was" if len(skipped) == 1 else "were",
-            )
-        return complete[0]
-    folder = Path(checkpoint)
-    if not folder.exists():
-        raise PDLConfigError(
-            f"Cannot resume from {folder}: no such checkpoint folder. Pass an existing checkpoint-N folder (see "
-            f"{output_dir}), `--resume_from_checkpoint true` for the last one, or train without resuming."
-        )
-    if not folder.is_dir():
-        raise PDLConfigError(f"Cannot resume from {folder}: it is a file, not a checkpoint-N folder.")
-    problem = _checkpoint_problem(folder)
-    if problem:
-        raise PDLConfigError(
-            f"Cannot resume from {folder}: {problem}, so it is not a checkpoint or it was interrupted while being "
-            "saved. Resume from an earlier checkpoint (`--resume_from_checkpoint true` picks the last complete one), "
-            "or delete this folder."
-        )
-    return folder
-
-
-def _checkpoints(output_dir) -> list[tuple[int, Path]]:
-    import re
-
-    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
-
-    folder = Path(output_dir)
-    if not folder.is_dir():
-        return []
-    pattern = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
-    return [(int(match.group(1)), path) for path in folder.iterdir()
-            if path.is_dir() and (match := pattern.match(path.name))]
-
-
-def _newer(folder: Path, than: Path) -> bool:
-    return int(folder.name.rsplit("-", 1)[1]) > int(than.name.rsplit("-", 1)[1])
-
-
-def _checkpoint_problem(folder: Path) -> str | None:
-    """Why `folder` cannot be resumed from (None when its trainer_state.json, written last, is there and whole)."""
-    import json
-
-    state = folder / "trainer_state.json"
-    if not state.is_file():
-        return "it has no trainer_state.json"
-    try:
-        json.loads(state.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return "its trainer_state.json is truncated or unreadable"
-    return None
-
-
 def save_final_model(trainer, output_dir: str | Path) -> Path:
     """`trainer.save_model(output_dir)`, atomically: the files go to a temporary folder inside `output_dir` and are
     moved into place once all are written, so a full disk leaves the previous adapter/model (and no half-written
@@ -396,7 +323,7 @@ def save_final_model(trainer, output_dir: str | Path) -> Path:
     try:
         save_folder_atomically(output_dir, save, what="trained adapter/model", writer=writer)
     except PDLWriteError as err:
-        last = _last_checkpoint(output_dir)
+        last = last_complete_checkpoint(output_dir)
         hint = f" The last checkpoint is {last}: resume from it once there is space." if last else ""
         raise PDLWriteError(f"{err}{hint}", err.errno) from err
     trainer.accelerator.wait_for_everyone()
@@ -405,15 +332,11 @@ def save_final_model(trainer, output_dir: str | Path) -> Path:
     return Path(output_dir)
 
 
-def _last_checkpoint(output_dir) -> str | None:
-    complete = [(step, folder) for step, folder in _checkpoints(output_dir) if _checkpoint_problem(folder) is None]
-    return str(max(complete, key=lambda item: item[0])[1]) if complete else None
-
-
 def run_recipe(argv: list[str]):
     """Train with the recipe `--config RECIPE.yaml [--key value ...]` and save the model; returns the trainer."""
     from trl import get_peft_config, get_quantization_config
 
+    from .preparation import preparation_report
     from .trainer import PDLSFTTrainer
 
     recipe = parse_recipe(argv)
@@ -437,6 +360,12 @@ def run_recipe(argv: list[str]):
         quantization_config=get_quantization_config(model_args),
         peft_config=get_peft_config(model_args),
     )
+    # What TRL's preparation dropped or cut (one more tokenisation, without truncation): said before training and
+    # again in the summary
+    trainer.pdl_preparation_report = preparation_report(train_dataset, trainer.processing_class, training)
+    summary = trainer.pdl_preparation_report.summary() if trainer.pdl_preparation_report is not None else None
+    if summary:
+        logging.getLogger(__name__).warning("Preparation: %s", summary)
     trainer.train(resume_from_checkpoint=training.resume_from_checkpoint)
     save_final_model(trainer, training.output_dir)
     return trainer

@@ -50,7 +50,7 @@ class PDLSFTTrainer(PDLTrainerMixin, SFTTrainer):
         trl_args = copy.copy(args) if pdl else args
         if pdl:
             trl_args.loss_type = "nll"
-        with explain_template_errors():
+        with explain_template_errors(train_dataset, kwargs.get("processing_class")):
             super().__init__(model, args=trl_args, train_dataset=train_dataset, **kwargs)
         self.args = args
         guarded = guard_cpu_4bit_gradients(self.model)
