@@ -270,6 +270,25 @@ def _table_disk_full(monkeypatch, tmp):
     monkeypatch.setattr(pdl_plugin.frequency, "save_file", disk_full_after())
 
 
+# ---- engine cases: settings that would train NaN or nothing, and resumes the engine must refuse
+
+
+def _zero_table_file(tmp: Path) -> Path:
+    table = smol_table()
+    table.counts.zero_()
+    path = tmp / "zero.safetensors"
+    table.save(path)
+    return path
+
+
+def _checkpoint_without_pdl_files(tmp: Path) -> list[str]:
+    """A complete checkpoint (trainer_state.json is whole) that holds no PDL table: saved by a run without PDL."""
+    folder = tmp / "out" / "checkpoint-2"
+    folder.mkdir(parents=True)
+    (folder / "trainer_state.json").write_text(json.dumps({"global_step": 2, "log_history": []}))
+    return _resume_from(tmp, str(folder))
+
+
 CASES: list[Case] = [
     # ---- recipe files
     Case("recipe-duplicate-key", "pdl-sft", _dup_key_recipe, r"`?pdl_alpha`? appears twice.*line", before_data=True),
@@ -371,6 +390,20 @@ CASES: list[Case] = [
          exception=("PDLWriteError",), fault=_table_disk_full),
     Case("api-orphan-tmp-removed-on-next-write", "api", _orphan_tmp_then_save, r"orphans removed",
          exception=("_Done",), may_change=("pdl_frequency_table.safetensors", ".*.tmp")),
+    # ---- engine: settings that would train NaN (weights overflow or vanish in float32), PDL keys that would be
+    # ignored, a table that counts nothing, a resume the loss could change under
+    Case("alpha-1e9-overflows", "pdl-sft", lambda t: recipe_argv("pdl-sft", t, {"pdl_alpha": 1e9}),
+         r"pdl_alpha 1000000000.0 with pdl_epsilon 1e-06 gives unusable weights"),
+    Case("epsilon-1e300-vanishes", "pdl-sft", lambda t: recipe_argv("pdl-sft", t, {"pdl_epsilon": 1e300}),
+         r"gives unusable weights: the weights of frequent tokens underflow to 0"),
+    Case("pdl-keys-with-nll", "pdl-sft", lambda t: recipe_argv("pdl-sft", t, {"loss_type": "nll", "pdl_alpha": 0.9}),
+         r"pdl_alpha set but loss_type is 'nll'", before_data=True),
+    Case("liger-with-pdl", "pdl-sft", lambda t: recipe_argv("pdl-sft", t, {"use_liger_kernel": True}),
+         r"use_liger_kernel", before_data=True),
+    Case("all-zero-table", "pdl-sft", lambda t: recipe_argv("pdl-sft", t, {"pdl_freq_path": str(_zero_table_file(t))}),
+         r"zero.safetensors counts no trained token", not_message=r"max_length"),
+    Case("resume-checkpoint-without-pdl-table", "pdl-sft", _checkpoint_without_pdl_files,
+         r"holds no PDL table.*pdl_resume_without_table"),
 ]
 
 
