@@ -89,6 +89,12 @@ def evaluate_cli(argv: list[str]) -> dict:
     write_json(output, result)
     console = Console()
     console.print(format_table(result))
+    if result.get("prompts_cut_by_training"):
+        console.print(
+            f"{result['prompts_cut_by_training']} of {result['prompts']} prompts end in text that training's "
+            "tokenization merged into the completion (TRL's 'prompt is not a prefix' warning): generation starts from "
+            "the context training used, without that end."
+        )
     console.print(f"Results: {output}")
     return result
 

@@ -441,25 +441,25 @@ def format_table(result: dict) -> "rich.table.Table":  # noqa: F821
         view.add_row(key, *cells, _fmt(result["references"].get(key)))
     validation = result["validation"]
     blank = [""] * len(modes)
+    alpha = f"{validation['pdl_alpha']:g}"
     view.add_section()
-    view.add_row(f"`{split}` cross-entropy ({validation.get('tokens', '?')} tokens)", _fmt(validation["ce"]), *blank)
+    view.add_row(f"val CE ({validation.get('tokens', '?')} tokens)", _fmt(validation["ce"]), *blank)
     policy = validation.get("pdl_unseen_weight", "formula")
-    view.add_row(f"`{split}` PDL (alpha={validation['pdl_alpha']:g}, unseen tokens: {_POLICY_WORDS[policy]})",
-                 _fmt(validation["pdl"]), *blank)
+    view.add_row(f"val PDL, alpha {alpha}, unseen: {_POLICY_WORDS[policy]}", _fmt(validation["pdl"]), *blank)
     if "pdl_formula" in validation:
-        view.add_row(f"`{split}` PDL (alpha={validation['pdl_alpha']:g}, unseen tokens: {_POLICY_WORDS['formula']})",
-                     _fmt(validation["pdl_formula"]), *blank)
+        view.add_row(f"val PDL, alpha {alpha}, unseen: {_POLICY_WORDS['formula']}", _fmt(validation["pdl_formula"]),
+                     *blank)
     for bucket in validation.get("ce_by_bucket", []):
-        view.add_row(f"  CE of tokens seen {_bucket_words(bucket['bucket'])} in training ({bucket['tokens']} tokens)",
-                     _fmt(bucket["ce"]), *blank)
+        view.add_row(f"val CE, seen {_bucket_words(bucket['bucket'])} ({bucket['tokens']} tok)", _fmt(bucket["ce"]),
+                     *blank)
     return view
 
 
-_POLICY_WORDS = {"rarest": "weight of the rarest counted token", "formula": "eq. 3, eps ** -alpha"}
+_POLICY_WORDS = {"rarest": "rarest token's weight", "formula": "eq. 3 (eps**-alpha)"}
 
 
 def _bucket_words(name: str) -> str:
-    return {"unseen": "0 times", ">100": "more than 100 times"}.get(name, f"{name} times")
+    return {"unseen": "0x in training", ">100": ">100x"}.get(name, f"{name}x")
 
 
 def _fmt(value) -> str:
