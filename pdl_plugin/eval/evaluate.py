@@ -90,7 +90,8 @@ def evaluate_model(model, tokenizer, recipe, table: FrequencyTable, settings: Ev
     rare = metrics.rare_token_ids(counts, settings.rare_fraction)
     reference_ids = [tokenizer(e.reference, add_special_tokens=False)["input_ids"] for e in examples]
     is_code = task == "code"
-    stop_sequences = CODE_STOP_SEQUENCES if is_code and not examples[0].chat else ()
+    completes_functions = is_code and is_function_completion(examples)
+    stop_sequences = CODE_STOP_SEQUENCES if completes_functions else ()
     tested = [i for i, e in enumerate(examples) if e.test]
 
     result = {
@@ -99,6 +100,7 @@ def evaluate_model(model, tokenizer, recipe, table: FrequencyTable, settings: Ev
         "split": split,
         "task_type": task,
         "task_type_reason": task_reason,
+        "function_completion": completes_functions,
         "stop_sequences": list(stop_sequences),
         "prompts": len(examples),
         "prompts_cut_by_training": sum(bool(e.prompt_cut) for e in examples),
@@ -108,7 +110,7 @@ def evaluate_model(model, tokenizer, recipe, table: FrequencyTable, settings: Ev
         "generation": {},
     }
     if tested:
-        result["references"].update(_reference_tests(examples, tested, settings.test_timeout))
+        result["references"].update(_reference_tests(examples, tested, settings.test_timeout, completes_functions))
     modes = [("greedy", False)] + ([("sampled", True)] if settings.sampled else [])
     samples = {}
     for mode, do_sample in modes:
@@ -117,7 +119,8 @@ def evaluate_model(model, tokenizer, recipe, table: FrequencyTable, settings: Ev
             do_sample=do_sample, temperature=settings.temperature, top_p=settings.top_p, seed=settings.seed,
             max_prompt_tokens=settings.max_prompt_tokens, stop_sequences=stop_sequences, desc=f"pdl-eval: {mode}",
         )
-        scored = _generation_metrics(examples, generations, reference_ids, counts, rare, epsilon, settings, is_code)
+        scored = _generation_metrics(examples, generations, reference_ids, counts, rare, epsilon, settings, is_code,
+                                     completes_functions)
         result["generation"][mode] = scored
         samples[mode] = generations
     result["validation"] = validation_losses(model, tokenizer, recipe, table, reference_alpha, validation)
@@ -152,12 +155,23 @@ def resolve_task_type(requested: str, recipe, validation) -> tuple[str, str]:
     return "text", "no `test` column and not a known code data set (pass --task_type code for code)"
 
 
-def program_text(example: Example, text: str) -> str:
-    """The program a completion makes: the prompt as trained + the generation for function completion; for chat
-    data the first fenced code block of the reply (the whole reply when it has none)."""
-    if example.chat:
-        return metrics.first_code_block(text)
-    return example.trained_source_prompt + text
+def is_function_completion(examples: list[Example]) -> bool:
+    """Whether the prompts are heads of Python functions (signature + docstring, HumanEval's layout) that the
+    completion continues, rather than instructions answered with code: raw prompts, at least half of which hold a
+    `def` and parse once given a body."""
+    if not examples or examples[0].chat:
+        return False
+    heads = [("def " in e.trained_source_prompt and metrics.parses(e.trained_source_prompt.rstrip() + "\n    pass\n"))
+             for e in examples]
+    return sum(heads) * 2 >= len(heads)
+
+
+def program_text(example: Example, text: str, function_completion: bool) -> str:
+    """The program a completion makes: for function completion the prompt as trained + the generation; otherwise the
+    first fenced code block of the generation (the whole generation when it has none)."""
+    if function_completion:
+        return example.trained_source_prompt + text
+    return metrics.first_code_block(text)
 
 
 def blank_line_first(example: Example, text: str) -> bool:
@@ -169,9 +183,9 @@ def blank_line_first(example: Example, text: str) -> bool:
     return len(lines) > 2 and not lines[1].strip()
 
 
-def _reference_tests(examples: list[Example], tested: list[int], timeout: float) -> dict:
+def _reference_tests(examples: list[Example], tested: list[int], timeout: float, function_completion: bool) -> dict:
     """Run every test against the row's own reference solution; refuse a test that reaches no assertion there."""
-    programs = [examples[i].source_prompt + examples[i].reference if not examples[i].chat
+    programs = [examples[i].source_prompt + examples[i].reference if function_completion
                 else metrics.first_code_block(examples[i].reference) for i in tested]
     score, results = pass_at_1(programs, [examples[i].test for i in tested], timeout,
                                [examples[i].entry_point for i in tested])
@@ -204,7 +218,7 @@ def _text_metrics(texts, token_ids, counts, epsilon, settings: EvalSettings) -> 
 
 
 def _generation_metrics(examples: list[Example], generations: list[Generation], reference_ids, counts, rare, epsilon,
-                        settings: EvalSettings, is_code: bool) -> dict:
+                        settings: EvalSettings, is_code: bool, function_completion: bool = False) -> dict:
     texts = [g.text for g in generations]
     scored = {
         "rouge_l": metrics.rouge_l(texts, [e.reference for e in examples]),
@@ -218,15 +232,15 @@ def _generation_metrics(examples: list[Example], generations: list[Generation], 
     recall, qualified = metrics.rare_token_recall([g.token_ids for g in generations], reference_ids, rare)
     scored["rare_token_recall"], scored["rare_token_recall_examples"] = recall, qualified
     if is_code:
-        sources = [program_text(e, g.text) for e, g in zip(examples, generations)]
+        sources = [program_text(e, g.text, function_completion) for e, g in zip(examples, generations)]
         scored["parse_rate"] = metrics.parse_rate(sources)
         finished = [s for s, g in zip(sources, generations) if not g.hit_limit]
         scored["parse_rate_finished"] = metrics.parse_rate(finished)
-        if not examples[0].chat:
+        if function_completion:
             scored["body_parse_rate"] = float(np.mean([metrics.body_parses(t) for t in texts])) if texts else math.nan
     tested = [(e, g) for e, g in zip(examples, generations) if e.test]
     if tested:
-        scored["pass_at_1"], results = pass_at_1([program_text(e, g.text) for e, g in tested],
+        scored["pass_at_1"], results = pass_at_1([program_text(e, g.text, function_completion) for e, g in tested],
                                                  [e.test for e, _ in tested], settings.test_timeout,
                                                  [e.entry_point for e, _ in tested])
         scored["pass_at_1_examples"] = len(tested)

@@ -28,15 +28,16 @@ GENERATED = ["\n    return a + b\n", "\n    pass\n"]  # right, and a stub return
 
 @pytest.fixture
 def scripted(monkeypatch, tokenizer):
-    calls = []
+    calls, texts = [], list(GENERATED)
 
     def fake_generate(model, tok, examples, **options):
         calls.append(options)
         return [Generation(text, tok(text, add_special_tokens=False)["input_ids"], False)
-                for text in GENERATED[: len(examples)]]
+                for text in texts[: len(examples)]]
+
 
     monkeypatch.setattr(evaluate_module, "generate", fake_generate)
-    return calls
+    return SimpleNamespace(calls=calls, texts=texts)  # the options of each call; the generations it returns
 
 
 def _evaluate(tmp_path, tokenizer, tiny_model, rows):
@@ -55,7 +56,8 @@ def test_correct_body_passes_and_stub_fails_with_entry_points(tmp_path, tokenize
     assert greedy["pass_at_1"] == 0.5 and greedy["pass_at_1_examples"] == 2 and greedy["pass_at_1_no_assertion"] == 0
     assert result["references"]["pass_at_1"] == 1.0  # the data set's own solutions pass their tests
     assert result["task_type"] == "code" and "`test` column" in result["task_type_reason"]
-    assert scripted[0]["stop_sequences"] == CODE_STOP_SEQUENCES == ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
+    assert result["function_completion"]
+    assert scripted.calls[0]["stop_sequences"] == CODE_STOP_SEQUENCES == ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
     assert result["split"] == "test" and result["prompts_cut_by_training"] == 2
     assert greedy["parse_rate"] == 1.0 and greedy["blank_line_first"] == 0.0
     assert result["validation"]["pdl_unseen_weight"] == "rarest" and result["validation"]["tokens"] > 0
@@ -65,3 +67,17 @@ def test_a_test_that_nothing_calls_is_refused(tmp_path, tokenizer, tiny_model, s
     rows = {key: value for key, value in ROWS.items() if key != "entry_point"}
     with pytest.raises(PDLConfigError, match=r"2 of 2 tests .* reach no assertion .* add an `entry_point` column"):
         _evaluate(tmp_path, tokenizer, tiny_model, rows)
+
+
+def test_instructions_answered_with_code_run_the_generated_program_alone(tmp_path, tokenizer, tiny_model, scripted):
+    rows = {  # MBPP-like: the prompt is prose, the completion a whole function, tests are top-level asserts
+        "prompt": ["Write a function add(a, b) that returns the sum.\n", "Write a function neg(x) that negates x.\n"],
+        "completion": ["def add(a, b):\n    return a + b\n", "def neg(x):\n    return -x\n"],
+        "test": ["assert add(1, 2) == 3\n", "assert neg(2) == -2\n"],
+    }
+    scripted.texts[:] = ["```python\ndef add(a, b):\n    return a + b\n```\nDone.", "def neg(x):\n    return x\n"]
+    result = _evaluate(tmp_path, tokenizer, tiny_model, rows)
+    greedy = result["generation"]["greedy"]
+    assert greedy["pass_at_1"] == 0.5 and result["references"]["pass_at_1"] == 1.0
+    assert not result["function_completion"] and scripted.calls[0]["stop_sequences"] == ()  # whole answers, no stops
+    assert greedy["parse_rate"] == 1.0 and "body_parse_rate" not in greedy
