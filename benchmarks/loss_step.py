@@ -3,12 +3,24 @@ of the paper's code (full logits, upcast to float32, per-token cross-entropy tim
 (`pdl_plugin.ops.linear_cross_entropy` on the trained positions, what PDLSFTTrainer uses) and, for reference, TRL's
 chunked log-prob function as TRL runs it on CPU (every position) and on GPU (trained positions only).
 
+The head (output embedding) is either trainable (full finetuning: the step makes its weight gradient) or frozen
+(`--head frozen`: `weight.requires_grad` False, the LoRA case, where no weight gradient is needed and only the hidden
+states get one).
+
 Each (method, size) runs in its own process so that peak memory is its own; "added memory" is the peak resident
 memory during the step minus the resident memory with the inputs (hidden states, head weight and their gradient
-buffers) already allocated. Times are paired: both methods alternate in one process, median over repetitions.
+buffers) already allocated. The peak is reset after the inputs are made (`reset_peak_rss`): before that fix (the
+figures of docs/benchmarks.md section 2), the transient of making the inputs, about one float32 copy of the head,
+counted as added memory and set a floor under the fused rows. Times are paired: both methods alternate in one process, median over repetitions.
 
-    python benchmarks/loss_step.py                 # all sizes
+    python benchmarks/loss_step.py                 # all sizes, trainable head
     python benchmarks/loss_step.py --vocab 49152 --tokens 2048
+    python benchmarks/loss_step.py --head frozen --vocab 128256 --methods pdl_fused   # LoRA: no weight gradient
+    python benchmarks/loss_step.py --dtype float32 --no-time ...   # CPUs without native bf16 (see docs/benchmarks.md)
+
+`--dtype float32`: on CPUs without AVX512-BF16 / AMX, torch 2.13's bf16 matmul `grad_logits @ weight` (the backward
+of both the naive loss and ours) runs some 30x slower than in float32, so a bf16 step at 128k x 8k takes hours there.
+`--no-time` measures memory only (one step per method).
 """
 
 from __future__ import annotations
@@ -28,15 +40,22 @@ HIDDEN = 2048
 TRAINED_SHARE = 0.5  # half the positions are trained (the rest is prompt), as in typical SFT data
 
 
-def inputs(vocab: int, tokens: int, seed: int = 0):
+HEADS = ("trainable", "frozen")
+
+
+def inputs(vocab: int, tokens: int, head: str = "trainable", dtype: str = "bfloat16", seed: int = 0):
     generator = torch.Generator().manual_seed(seed)
-    hidden = (torch.randn(tokens, HIDDEN, generator=generator) * 0.5).to(torch.bfloat16).requires_grad_(True)
-    weight = (torch.randn(vocab, HIDDEN, generator=generator) * 0.02).to(torch.bfloat16).requires_grad_(True)
+    dtype = getattr(torch, dtype)
+    hidden = (torch.randn(tokens, HIDDEN, generator=generator) * 0.5).to(dtype).requires_grad_(True)
+    weight = (torch.randn(vocab, HIDDEN, generator=generator) * 0.02).to(dtype)
+    weight.requires_grad_(head == "trainable")  # frozen: the LoRA case, no weight gradient
     labels = torch.randint(0, vocab, (tokens,), generator=generator)
     labels[torch.rand(tokens, generator=generator) > TRAINED_SHARE] = -100
     token_weights = torch.rand(vocab, generator=generator) + 0.1
     # gradient buffers count as inputs: allocate them before measuring
-    hidden.grad, weight.grad = torch.zeros_like(hidden), torch.zeros_like(weight)
+    hidden.grad = torch.zeros_like(hidden)
+    if weight.requires_grad:
+        weight.grad = torch.zeros_like(weight)
     return hidden, weight, labels, token_weights
 
 
@@ -84,15 +103,24 @@ def step(method: str, tensors) -> float:
     return time.perf_counter() - start
 
 
-def child_memory(method: str, vocab: int, tokens: int) -> None:
-    tensors = inputs(vocab, tokens)
+def reset_peak_rss() -> None:
+    """Reset the kernel's high-water mark of this process (Linux >= 4.0), which `peak_rss_mb` reads: making the
+    inputs (a float32 randn, scaled, then cast) peaks one or two head-sized temporaries above what stays allocated, a
+    transient that would otherwise count as the step's own."""
+    with open("/proc/self/clear_refs", "w") as refs:
+        refs.write("5")
+
+
+def child_memory(method: str, vocab: int, tokens: int, head: str, dtype: str) -> None:
+    tensors = inputs(vocab, tokens, head, dtype)
+    reset_peak_rss()
     base = rss_mb()
     step(method, tensors)
     print(json.dumps({"added_mb": peak_rss_mb() - base}))
 
 
-def child_time(vocab: int, tokens: int, repeats: int, methods: list[str]) -> None:
-    tensors = inputs(vocab, tokens)
+def child_time(vocab: int, tokens: int, repeats: int, methods: list[str], head: str, dtype: str) -> None:
+    tensors = inputs(vocab, tokens, head, dtype)
     for method in methods:  # warm-up
         step(method, tensors)
     times = {method: [] for method in methods}
@@ -116,30 +144,43 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--methods", nargs="*", default=list(METHODS), choices=list(METHODS),
                         help="which methods to run besides naive")
+    parser.add_argument("--head", choices=HEADS, default="trainable",
+                        help="frozen: the output embedding has requires_grad False (LoRA), no weight gradient")
+    parser.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16",
+                        help="dtype of hidden states and head (float32 on CPUs without native bf16 matmuls)")
+    parser.add_argument("--no-time", action="store_true", help="measure memory only")
     parser.add_argument("--child", nargs="*")
     args = parser.parse_args()
     if args.child:
         kind, *rest = args.child
         if kind == "memory":
-            child_memory(rest[0], int(rest[1]), int(rest[2]))
+            child_memory(rest[0], int(rest[1]), int(rest[2]), rest[3], rest[4])
         else:
-            child_time(int(rest[0]), int(rest[1]), int(rest[2]), rest[3].split(","))
+            child_time(int(rest[0]), int(rest[1]), int(rest[2]), rest[3].split(","), rest[4], rest[5])
         return
-    print(f"Machine: {machine()}; hidden size {HIDDEN}, bf16 inputs, {TRAINED_SHARE:.0%} of positions trained\n")
-    print("| vocab | tokens | method | added memory (MB) | memory / naive | time (s, median) | time / naive (median, min, max) |")
-    print("|---|---|---|---|---|---|---|")
+    print(f"Machine: {machine()}; hidden size {HIDDEN}, {args.dtype} inputs, {TRAINED_SHARE:.0%} of positions trained, "
+          f"{args.head} head\n")
+    print("| head | vocab | tokens | method | added memory (MB) | memory / naive | time (s, median) "
+          "| time / naive (median, min, max) |")
+    print("|---|---|---|---|---|---|---|---|")
     for vocab in args.vocab:
         for tokens in args.tokens:
             methods = ["naive", *(m for m in args.methods if m != "naive")]
-            memory = {method: run_child("memory", method, vocab, tokens)["added_mb"] for method in methods}
-            times = run_child("time", vocab, tokens, args.repeats, ",".join(methods))
+            memory = {method: run_child("memory", method, vocab, tokens, args.head, args.dtype)["added_mb"]
+                      for method in methods}
+            if args.no_time:
+                for method in methods:
+                    print(f"| {args.head} | {vocab} | {tokens} | {method} | {memory[method]:.0f} "
+                          f"| {memory[method] / memory['naive']:.3f} | - | - |", flush=True)
+                continue
+            times = run_child("time", vocab, tokens, args.repeats, ",".join(methods), args.head, args.dtype)
             for method in methods:
                 ratios = [t / n for t, n in zip(times[method], times["naive"])]
                 ratios.sort()
                 median = ratios[len(ratios) // 2]
-                print(f"| {vocab} | {tokens} | {method} | {memory[method]:.0f} | {memory[method] / memory['naive']:.3f} "
-                      f"| {sorted(times[method])[len(ratios) // 2]:.2f} | {median:.2f} ({ratios[0]:.2f}, {ratios[-1]:.2f}) |",
-                      flush=True)
+                print(f"| {args.head} | {vocab} | {tokens} | {method} | {memory[method]:.0f} "
+                      f"| {memory[method] / memory['naive']:.3f} | {sorted(times[method])[len(ratios) // 2]:.2f} "
+                      f"| {median:.2f} ({ratios[0]:.2f}, {ratios[-1]:.2f}) |", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,70 @@
+"""Smoke tests of benchmarks/axolotl_step.py (Axolotl step, PDL against Axolotl's CE) and of the frozen-head case of
+benchmarks/loss_step.py. The Axolotl run is skipped where Axolotl is not installed (run it with the Axolotl venv's
+Python: `python -m pytest tests/benchmarks/test_axolotl_step_smoke.py`)."""
+
+import importlib.util
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+def _module(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    return module
+
+
+def test_axolotl_variants_differ_only_in_the_loss(tmp_path):
+    bench = _module("axolotl_step")
+    ce, pdl = bench.raw_config("ce", tmp_path), bench.raw_config("pdl", tmp_path)
+    assert pdl["loss_type"] == "pdl" and "loss_type" not in ce
+    assert not [key for key in ce if key.startswith("pdl_")]
+    differing = {key for key in ce.keys() | pdl.keys() if ce.get(key) != pdl.get(key)}
+    assert differing == {"output_dir", "loss_type"} | {key for key in pdl if key.startswith("pdl_")}
+    assert ce["plugins"] == pdl["plugins"] == bench.PLUGINS
+
+
+def test_frozen_head_gets_no_weight_gradient_and_the_same_hidden_gradient():
+    bench = _module("loss_step")
+    grads = {}
+    for method in ("naive", "pdl_fused"):
+        hidden, weight, labels, token_weights = bench.inputs(512, 64, head="frozen", dtype="float32")
+        assert not weight.requires_grad and weight.grad is None
+        bench.METHODS[method](hidden, weight, labels, token_weights).backward()
+        assert weight.grad is None
+        grads[method] = hidden.grad
+    torch.testing.assert_close(grads["pdl_fused"], grads["naive"], rtol=1e-4, atol=1e-6)
+
+
+def test_loss_step_frozen_memory_only_runs():
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "loss_step.py"), "--head", "frozen", "--dtype", "float32", "--no-time",
+         "--vocab", "1024", "--tokens", "128", "--methods", "pdl_fused"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| frozen |")]
+    assert [row.split("|")[4].strip() for row in rows] == ["naive", "pdl_fused"]
+
+
+def test_axolotl_step_runs():
+    pytest.importorskip("axolotl")
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "axolotl_step.py"), "--pairs", "1", "--skip-memory"],
+        capture_output=True, text=True, timeout=1200,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "trainers: ce AxolotlTrainer, pdl PDLAxolotlTrainer" in result.stdout
+    assert "PDL head: trained positions" in result.stdout
+    assert re.search(r"step time, PDL / Axolotl CE: median \d+\.\d+", result.stdout)
