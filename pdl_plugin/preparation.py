@@ -201,7 +201,7 @@ def explain_template_errors(dataset=None, tokenizer=None) -> Iterator[None]:
 # ---- preparation -----------------------------------------------------------------------------------------------------
 
 
-class _ArgsView:
+class ArgsView:
     """`args` with a few attributes replaced, without rebuilding (and re-validating) a TrainingArguments."""
 
     def __init__(self, args, **overrides) -> None:
@@ -263,7 +263,7 @@ def prepare_untruncated(dataset, tokenizer, args, formatting_func=None, name: st
     shuffled. Passing the result to `SFTTrainer` (or `finish_preparation`) gives exactly the fully prepared dataset:
     TRL sees `input_ids` and `labels` and only truncates, drops fully masked rows, packs and shuffles."""
     preparer = _preparer(dataset, tokenizer, args)
-    first_pass = _ArgsView(args, max_length=None, shuffle_dataset=False)
+    first_pass = ArgsView(args, max_length=None, shuffle_dataset=False)
     with explain_template_errors(dataset, tokenizer):
         return SFTTrainer._prepare_dataset(preparer, dataset, tokenizer, first_pass, False, formatting_func, name)
 

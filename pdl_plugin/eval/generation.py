@@ -97,17 +97,6 @@ def validation_examples(dataset, tokenizer, max_prompts: int | None = None, args
     return examples
 
 
-class _ArgsView:
-    """Training arguments with a few attributes replaced, without rebuilding (and re-validating) them."""
-
-    def __init__(self, args, **overrides) -> None:
-        self._args, self._overrides = args, overrides
-
-    def __getattr__(self, name):
-        overrides = self.__dict__["_overrides"]
-        return overrides[name] if name in overrides else getattr(self.__dict__["_args"], name)
-
-
 def default_training_args():
     """TRL's default SFT settings (the preparation rules of a recipe that sets none of them)."""
     from trl import SFTConfig
@@ -117,8 +106,10 @@ def default_training_args():
 
 def preparation_args(args, **overrides):
     """`args` as the evaluation prepares rows with it: no packing, no shuffling, in this process."""
-    return _ArgsView(args if args is not None else default_training_args(), packing=False, shuffle_dataset=False,
-                     dataset_num_proc=None, **overrides)
+    from ..preparation import ArgsView
+
+    return ArgsView(args if args is not None else default_training_args(), packing=False, shuffle_dataset=False,
+                    dataset_num_proc=None, **overrides)
 
 
 def training_prompt_ids(rows, tokenizer, args=None) -> list[list[int]]:
