@@ -1,6 +1,6 @@
 """Kill -9 while a checkpoint is being saved, then resume: the result is exact or refused with a clear error.
 
-A run of 6 steps saves checkpoints at steps 2, 4 and 6. A forked child trains it and is SIGKILLed at one point of
+A run of 6 steps saves checkpoints at steps 2, 4 and 6. A child process trains it and is SIGKILLed at one point of
 saving checkpoint-4 (checkpoint-2 is complete by then). Then, in fresh children, from copies of the folder it left:
 
 - `pdl-sft`'s choice (`recipe.check_resume_checkpoint(True, ...)`: the newest complete checkpoint) must give exactly
@@ -10,7 +10,8 @@ saving checkpoint-4 (checkpoint-2 is complete by then). Then, in fresh children,
   skips a checkpoint-N folder that the kill left half-saved; never an unexplained exception, never a silently
   different run.
 
-Each child is forked from the test process (torch, TRL and the tokenizer already imported), so a run takes seconds.
+Each child is a fresh (spawned) interpreter: a child forked from a test process whose torch thread pools already ran
+other tests can deadlock (it hung in the full suite).
 """
 
 from __future__ import annotations
@@ -137,7 +138,7 @@ def _weights(trainer) -> dict:
 
 
 def _child(job: str, output: str, result_file: str, smol_path: str, kill: str | None, resume) -> None:
-    """Runs in a forked process: train (possibly killed at `kill`, possibly resuming), write the outcome as JSON."""
+    """Runs in a child process: train (possibly killed at `kill`, possibly resuming), write the outcome as JSON."""
     import torch
     from transformers import AutoTokenizer
 
@@ -167,7 +168,7 @@ def _child(job: str, output: str, result_file: str, smol_path: str, kill: str | 
 
 def _run(tmp: Path, job: str, output: Path, smol_path: str, kill: str | None = None, resume=None) -> dict:
     result_file = tmp / f"{job}.json"
-    process = multiprocessing.get_context("fork").Process(
+    process = multiprocessing.get_context("spawn").Process(
         target=_child, args=(job, str(output), str(result_file), smol_path, kill, resume)
     )
     process.start()
