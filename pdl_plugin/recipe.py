@@ -26,8 +26,25 @@ if TYPE_CHECKING:
 
 
 @dataclass
+class RecipeScriptArguments(ScriptArguments):
+    """TRL's ScriptArguments plus what a pdl-sft recipe adds for its data."""
+
+    max_eval_samples: int | None = field(
+        default=None,
+        metadata={"help": "Evaluate during training on the first N rows of the eval split only (as in transformers' "
+                  "example scripts): a large validation split evaluated every `eval_steps` can cost more than the "
+                  "training. Default: all rows."},
+    )
+
+    def __post_init__(self):
+        if self.max_eval_samples is not None and self.max_eval_samples < 1:
+            raise PDLConfigError(f"max_eval_samples must be a whole number >= 1 (or left out for all rows), got "
+                                 f"{self.max_eval_samples}.")
+
+
+@dataclass
 class Recipe:
-    script: ScriptArguments
+    script: RecipeScriptArguments
     training: PDLSFTConfig
     model: ModelConfig
     datasets: DatasetMixtureConfig
@@ -41,7 +58,7 @@ class _RecipeParser(TrlParser):
 
 
 def _parser() -> _RecipeParser:
-    return _RecipeParser((ScriptArguments, PDLSFTConfig, ModelConfig, DatasetMixtureConfig))
+    return _RecipeParser((RecipeScriptArguments, PDLSFTConfig, ModelConfig, DatasetMixtureConfig))
 
 
 def known_keys() -> set[str]:
@@ -189,6 +206,13 @@ def load_recipe_datasets(recipe: Recipe):
 
 
 _LOCAL_BUILDERS = {"json", "csv", "parquet", "text", "arrow", "pandas", "webdataset", "xml", "sql"}
+
+
+def first_rows(dataset, count: int):
+    """The first `count` rows of a dataset (all of them if it has fewer); a streamed dataset is cut lazily."""
+    if not hasattr(dataset, "select"):  # datasets.IterableDataset (dataset_streaming: true)
+        return dataset.take(count)
+    return dataset.select(range(min(count, len(dataset))))
 
 
 def check_local_data_files(entries) -> None:
@@ -352,6 +376,8 @@ def run_recipe(argv: list[str]):
     }
     train_dataset, eval_dataset = load_recipe_datasets(recipe)
     check_training_data(recipe, train_dataset)
+    if eval_dataset is not None and recipe.script.max_eval_samples is not None:
+        eval_dataset = first_rows(eval_dataset, recipe.script.max_eval_samples)
     trainer = PDLSFTTrainer(
         model=model_args.model_name_or_path,
         args=training,

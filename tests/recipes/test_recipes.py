@@ -46,3 +46,28 @@ def test_offline_twin_trains_two_steps_and_writes_adapter_and_table(path, tmp_pa
     expected_masking = "assistant_only" if path.stem.startswith("dialogue") else "completion_only"
     assert table.masking == expected_masking
     assert [entry["step"] for entry in trainer.state.log_history if "ce_loss" in entry] == [1, 2]
+
+
+def test_max_eval_samples_evaluates_on_the_first_rows_only(tmp_path):
+    """A capped validation split during training: the trainer holds exactly the first N rows and logs eval metrics."""
+    from pdl_plugin.recipe import load_recipe_datasets
+
+    argv = ["--config", str(RECIPES / "offline" / "dialogue_lora.yaml"), "--max_steps", "1",
+            "--output_dir", str(tmp_path), "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "1",
+            "--eval_strategy", "steps", "--eval_steps", "1", "--max_eval_samples", "3"]
+    full_validation = load_recipe_datasets(parse_recipe(argv))[1]
+    trainer = train(argv)
+    assert len(trainer.eval_dataset) == 3 < len(full_validation)
+    # the same rows as the first three of the split (TRL tokenised them: compare the decoded assistant reply)
+    replies = [row["messages"][-1]["content"] for row in full_validation.select(range(3))]
+    decoded = [trainer.processing_class.decode(row["input_ids"]) for row in trainer.eval_dataset]
+    assert all(reply.strip() in text for reply, text in zip(replies, decoded))
+    assert any("eval_ce_loss" in entry for entry in trainer.state.log_history)
+
+
+@pytest.mark.parametrize("value", ["0", "-2"])
+def test_max_eval_samples_below_one_is_refused(value):
+    from pdl_plugin.errors import PDLConfigError
+
+    with pytest.raises(PDLConfigError, match="max_eval_samples must be a whole number >= 1"):
+        parse_recipe(["--config", str(RECIPES / "offline" / "dialogue_lora.yaml"), "--max_eval_samples", value])
