@@ -1,4 +1,4 @@
-"""`pdl-compare --config RECIPE.yaml --alphas 0,0.25,0.5,1.0 [--seeds 0,1] [--alpha_warmup_steps N]`.
+"""`pdl-compare --config RECIPE.yaml --alphas 0,0.25,0.5,1.0 [--seeds 0,1] [--alpha_warmup_steps N] [--shard I/N]`.
 
 Trains one adapter per alpha (alpha 0 is the cross-entropy baseline, run as `loss_type: pdl` with alpha 0 so it saves
 the same training table) and seed, with the same data, steps and seeds, evaluates each like `pdl-eval`, and writes a
@@ -6,7 +6,9 @@ markdown report with metric tables (mean ± sd over seeds), loss curves and the 
 distribution against the references'. `--alpha_warmup_steps N` adds one arm whose alpha ramps from 0 over N steps.
 Resumable: finished runs are not redone. With `--results_dir DIR` each finished run's small results (`train.json`,
 `results.json`; not the adapter) go to `DIR/<task>/<arm>/seed-<s>/`, runs whose results are there are skipped (commit
-them to resume a study on another machine), and the report is made from them. Any other `--key value` is passed on
+them to resume a study on another machine), and the report is made from them. Runs go seed by seed (every arm of
+seed 0 first), so a study cut short leaves whole paired sets. `--shard I/N` takes every N-th run of the plan from the I-th:
+the same command started N times with one thread each uses N cores, and no two ever take the same run. Any other `--key value` is passed on
 to the recipe (e.g. `--max_steps 10`).
 """
 
@@ -25,15 +27,15 @@ from ..recipe import parse_recipe
 from . import run_cli
 
 USAGE = ("pdl-compare --config RECIPE.yaml --alphas 0,0.25,0.5,1.0 [--seeds 0,1] [--alpha_warmup_steps N] "
-         "[--outdir DIR] [--results_dir DIR] [--report FILE.md] [--report_only] [eval options] "
+         "[--outdir DIR] [--results_dir DIR] [--report FILE.md] [--report_only] [--shard I/N] [eval options] "
          "[--recipe_key value ...]")
 
 _OVERRIDES_REFUSED = ("--output_dir", "--pdl_alpha", "--seed", "--loss_type", "--pdl_alpha_warmup_steps")
 
 
 def compare(argv: list[str]) -> Path:
-    from ..eval.compare import (Arm, DONE, copy_results, has_results, parse_alphas, parse_seeds, run_dir, run_one,
-                                write_report)
+    from ..eval.compare import (Arm, DONE, copy_results, has_results, parse_alphas, parse_seeds, parse_shard, run_dir,
+                                run_one, in_share, study_plan, write_report)
 
     parser = eval_arguments(_Parser(prog="pdl-compare", usage=USAGE))
     parser.add_argument("--config", required=True)
@@ -49,11 +51,15 @@ def compare(argv: list[str]) -> Path:
     parser.add_argument("--task", default=None, help="default: the recipe's file name without _lora/_qlora")
     parser.add_argument("--report", default=None, help="default: OUTDIR/TASK/report.md")
     parser.add_argument("--report_only", action="store_true", help="only rebuild the report from finished runs")
+    parser.add_argument("--shard", default=None, metavar="I/N",
+                        help="run only every N-th run of the plan, from the I-th: start the same command N times "
+                        "(--shard 1/N ... N/N, one thread each: OMP_NUM_THREADS=1) to use N cores")
     options, overrides = parser.parse_known_args(argv)
     refused = [flag for flag in overrides if flag.split("=")[0] in _OVERRIDES_REFUSED]
     if refused:
         raise PDLConfigError(f"pdl-compare sets {refused[0]} itself for each run (use --alphas, --seeds, --outdir).")
     alphas, seeds = parse_alphas(options.alphas), parse_seeds(options.seeds)
+    shard = parse_shard(options.shard)
     if options.alpha_warmup_steps < 0:
         raise PDLConfigError(f"--alpha_warmup_steps must be >= 0, got {options.alpha_warmup_steps}.")
     arms = [Arm(alpha) for alpha in alphas]
@@ -72,18 +78,25 @@ def compare(argv: list[str]) -> Path:
     if not options.report_only:
         settings = settings_from(options, recipe)
         reference_alpha = options.reference_alpha if options.reference_alpha is not None else recipe.training.pdl_alpha
-        plan = [(arm, seed) for arm in arms for seed in seeds]
+        plan = study_plan(arms, seeds)
+        todo = []
         for index, (arm, seed) in enumerate(plan, 1):
+            if not in_share(index, shard):
+                continue
             folder = run_dir(options.outdir, task, arm, seed)
             kept = run_dir(options.results_dir, task, arm, seed) if options.results_dir else None
             if kept is not None and has_results(kept):
                 console.print(f"[{index}/{len(plan)}] {task} {arm.name} seed {seed}: results in {kept}, skipped")
-                continue
-            if (folder / DONE).is_file() and has_results(folder):
+            elif (folder / DONE).is_file() and has_results(folder):
                 if kept is not None:
                     copy_results(folder, kept)
                 console.print(f"[{index}/{len(plan)}] {task} {arm.name} seed {seed}: done already, skipped")
-                continue
+            else:
+                todo.append((index, arm, seed, folder, kept))
+        if shard[1] > 1:
+            console.print(f"Shard {shard[0]}/{shard[1]} (every {shard[1]}th run of the plan from run {shard[0]}): "
+                          f"{len(todo)} to do" + "".join(f", {arm.name} seed {seed}" for _, arm, seed, _, _ in todo))
+        for index, arm, seed, folder, kept in todo:
             console.print(f"[bold][{index}/{len(plan)}] {task} {arm.name} seed {seed}[/]: {folder}")
             started = time.perf_counter()
             run_one(options.config, overrides, folder, arm, seed, settings, reference_alpha, log=console.print,
@@ -95,14 +108,15 @@ def compare(argv: list[str]) -> Path:
 
 
 def _study_argv(argv: list[str]) -> list[str]:
-    """The command that made the runs: `--report_only` and `--report PATH` only redraw the report."""
+    """The command that made the runs: `--report_only` and `--report PATH` only redraw the report, and `--shard I/N`
+    only says which process ran which runs."""
     shown, skip = [], False
     for item in argv:
         if skip:
             skip = False
-        elif item == "--report_only" or item.startswith("--report="):
+        elif item == "--report_only" or item.startswith(("--report=", "--shard=")):
             continue
-        elif item == "--report":
+        elif item in ("--report", "--shard"):
             skip = True
         else:
             shown.append(item)

@@ -69,6 +69,33 @@ def parse_seeds(text: str) -> list[int]:
     return list(dict.fromkeys(seeds))
 
 
+def parse_shard(text: str | None) -> tuple[int, int]:
+    """`I/N` (this process takes the I-th of N shares of the runs still to do) as (I, N); None is the whole plan."""
+    if text is None:
+        return 1, 1
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise PDLConfigError(f"--shard must be I/N with whole numbers, such as 1/2; got {text!r}.") from None
+    if not 1 <= index <= count:
+        raise PDLConfigError(f"--shard I/N needs 1 <= I <= N (1/2 and 2/2 for two processes); got {text!r}.")
+    return index, count
+
+
+def study_plan(arms: list[Arm], seeds: list[int]) -> list[tuple[Arm, int]]:
+    """Every (arm, seed), seed by seed: each finished seed completes one paired set of arms, so a study cut short
+    (a session that ends, a machine taken back) still leaves whole pairs to compare."""
+    return [(arm, seed) for seed in seeds for arm in arms]
+
+
+def in_share(position: int, shard: tuple[int, int]) -> bool:
+    """Whether the run at `position` (1-based) of the plan belongs to shard I of N: every N-th run from the I-th on.
+    Shares follow the plan, not what is left of it, so N copies of one command never take the same run, whenever
+    each one starts or restarts."""
+    index, count = shard
+    return (position - 1) % count == index - 1
+
+
 def run_dir(outdir: Path, task: str, arm: Arm, seed: int) -> Path:
     return Path(outdir) / task / arm.name / f"seed-{seed}"
 

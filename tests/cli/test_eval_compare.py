@@ -209,6 +209,26 @@ def test_pdl_compare_keeps_small_results_and_resumes_from_them(tmp_path):
     assert "**alpha 1 − CE**" in text and "| val CE |" in text and "| alpha 0 (CE baseline) | 1 |" in text
 
 
+def test_pdl_compare_shards_split_the_plan_without_overlap(tmp_path):
+    """--shard 1/2 and 2/2 take every other run of the plan (seed by seed: alpha-0 s3, alpha-1 s3, alpha-0 s4,
+    alpha-1 s4), whatever is finished already and in whichever order they start; a kept run is skipped."""
+    recipe = _recipe(tmp_path)
+    results = tmp_path / "results"
+    argv = ["--config", recipe, "--alphas", "0,1", "--seeds", "3,4", "--max_prompts", "1", "--max_new_tokens", "2",
+            "--max_steps", "1", "--task", "toy", "--results_dir", str(results), "--no_sampled",
+            "--outdir", str(tmp_path / "out")]
+
+    def finished():
+        return sorted(str(p.parent.relative_to(results / "toy")) for p in results.glob("toy/*/*/results.json"))
+
+    compare([*argv, "--seeds", "3", "--alphas", "0"])  # run 1 of the plan is finished before the shards start
+    compare([*argv, "--shard", "2/2"])  # runs 2 and 4
+    assert finished() == ["alpha-0/seed-3", "alpha-1/seed-3", "alpha-1/seed-4"]
+    report = compare([*argv, "--shard", "1/2"])  # runs 1 (kept: skipped) and 3
+    assert finished() == ["alpha-0/seed-3", "alpha-0/seed-4", "alpha-1/seed-3", "alpha-1/seed-4"]
+    assert "--shard" not in report.read_text()
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [
@@ -218,6 +238,8 @@ def test_pdl_compare_keeps_small_results_and_resumes_from_them(tmp_path):
         (["--pdl_alpha", "0.3"], "sets --pdl_alpha itself"),
         (["--alphas", "0", "--alpha_warmup_steps", "2"], "needs an alpha > 0"),
         (["--max_prompts", "0"], "--max_prompts must be >= 1"),
+        (["--shard", "3/2"], "needs 1 <= I <= N"),
+        (["--shard", "half"], "--shard must be I/N"),
     ],
 )
 def test_pdl_compare_refuses_bad_input_with_one_line(tmp_path, capsys, extra, message):
