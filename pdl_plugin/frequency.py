@@ -264,19 +264,36 @@ class FrequencyTable:
 # ---- counting --------------------------------------------------------------------------------------------------------
 
 
-def count_label_array(labels: pa.Array, vocab_size: int) -> np.ndarray:
+def count_label_array(labels: pa.Array, vocab_size: int, seq_lengths: pa.Array | None = None) -> np.ndarray:
     """Count the trained targets in a chunk of label lists, vectorised.
 
-    A position is trained when its label is not -100 and it is not the first of its row: a causal LM predicts label
+    A position is trained when its label is not -100 and it does not start a sequence: a causal LM predicts label
     ``i`` from positions ``< i``, so the first label of a row is never a target (as in TRL's and transformers' shift).
+    `seq_lengths` (TRL's bfd packing: the lengths of the sequences packed into each row) marks more starts: TRL's
+    padding-free collator sets the label of every packed sequence's first token to -100 (`position_ids == 0`).
     """
     if isinstance(labels, pa.ChunkedArray):
-        return sum((count_label_array(chunk, vocab_size) for chunk in labels.chunks), np.zeros(vocab_size, np.int64))
+        labels = labels.combine_chunks()
+    if isinstance(seq_lengths, pa.ChunkedArray):
+        seq_lengths = seq_lengths.combine_chunks()
     values = labels.flatten().to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
     lengths = labels.value_lengths().fill_null(0).to_numpy(zero_copy_only=False)
     trained = values != IGNORE_INDEX
-    row_starts = np.cumsum(lengths) - lengths
-    trained[row_starts[lengths > 0]] = False
+    if seq_lengths is None:
+        starts = (np.cumsum(lengths) - lengths)[lengths > 0]
+    else:
+        sequences = seq_lengths.flatten().to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+        packed = np.zeros(len(lengths), np.int64)
+        np.add.at(packed, np.repeat(np.arange(len(lengths)), seq_lengths.value_lengths().fill_null(0)), sequences)
+        if (packed != lengths).any():
+            row = int(np.flatnonzero(packed != lengths)[0])
+            raise FrequencyTableError(
+                f"A packed row's `seq_lengths` sum to {int(packed[row])} but the row has {int(lengths[row])} labels: "
+                "the `seq_lengths` column does not describe the rows. Let TRL pack the data (`packing: true`), or "
+                "drop the column."
+            )
+        starts = (np.cumsum(sequences) - sequences)[sequences > 0]
+    trained[starts] = False
     targets = values[trained]
     if targets.size and (targets.min() < 0 or targets.max() >= vocab_size):
         bad = int(targets.min() if targets.min() < 0 else targets.max())
@@ -287,22 +304,32 @@ def count_label_array(labels: pa.Array, vocab_size: int) -> np.ndarray:
     return np.bincount(targets, minlength=vocab_size)
 
 
-def _label_chunks(dataset, batch_size: int) -> Iterator[tuple[pa.Array, int]]:
-    """Yield (labels chunk, rows) for an in-memory or streaming `datasets` dataset, honouring indices mappings."""
+PACKED_LENGTHS = "seq_lengths"  # TRL's bfd packing: the lengths of the sequences packed into each row
+
+
+def _label_chunks(dataset, batch_size: int) -> Iterator[tuple[pa.Array, pa.Array | None, int]]:
+    """Yield (labels chunk, seq_lengths chunk or None, rows) for an in-memory or streaming `datasets` dataset,
+    honouring indices mappings."""
     from datasets import Dataset
 
+    columns = getattr(dataset, "column_names", None) or []
+    packed = PACKED_LENGTHS in columns
     if isinstance(dataset, Dataset) and _reorders_whole_table(dataset):
-        # A shuffle only reorders rows and counts ignore order: read the stored column without gathering rows
+        # A shuffle only reorders rows and counts ignore order: read the stored columns without gathering rows
         labels = dataset.data.table.column("labels")
+        lengths = dataset.data.table.column(PACKED_LENGTHS) if packed else None
         for start in range(0, len(labels), batch_size):
             chunk = labels.slice(start, batch_size)
-            yield chunk, len(chunk)
+            yield chunk, lengths.slice(start, batch_size) if packed else None, len(chunk)
     elif isinstance(dataset, Dataset):
-        for batch in dataset.select_columns(["labels"]).with_format("arrow").iter(batch_size=batch_size):
-            yield batch["labels"], batch.num_rows
+        names = ["labels", PACKED_LENGTHS] if packed else ["labels"]
+        for batch in dataset.select_columns(names).with_format("arrow").iter(batch_size=batch_size):
+            yield batch["labels"], batch[PACKED_LENGTHS] if packed else None, batch.num_rows
     else:
         for batch in dataset.iter(batch_size=batch_size):
-            yield pa.array(batch["labels"], type=pa.list_(pa.int64())), len(batch["labels"])
+            lengths = batch.get(PACKED_LENGTHS)
+            yield (pa.array(batch["labels"], type=pa.list_(pa.int64())),
+                   None if lengths is None else pa.array(lengths, type=pa.list_(pa.int64())), len(batch["labels"]))
 
 
 def _reorders_whole_table(dataset) -> bool:
@@ -347,8 +374,8 @@ def count_trained_tokens(
     counts = np.zeros(int(vocab_size), dtype=np.int64)
     total_rows = len(dataset) if hasattr(dataset, "__len__") else None
     with tqdm(total=total_rows, desc=desc, unit="rows") as progress:
-        for labels, rows in _label_chunks(dataset, batch_size):
-            counts += count_label_array(labels, int(vocab_size))
+        for labels, seq_lengths, rows in _label_chunks(dataset, batch_size):
+            counts += count_label_array(labels, int(vocab_size), seq_lengths)
             progress.update(rows)
     return torch.from_numpy(counts)
 

@@ -33,6 +33,26 @@ def test_counting_a_dataset_honours_its_selection_and_batches():
     assert counts.tolist() == [0, 2, 2, 4, 0, 0]
 
 
+def test_counting_packed_rows_skips_the_first_label_of_every_packed_sequence():
+    # TRL's bfd packing: row 0 holds sequences of 2 and 3 tokens, row 1 one of 3; the padding-free collator masks each
+    # sequence's first label, so the targets are row 0: 5 | 7, 8 and row 1: 2, 2
+    labels = pa.array([[1, 5, 6, 7, 8], [4, 2, 2]], type=pa.list_(pa.int64()))
+    seq_lengths = pa.array([[2, 3], [3]], type=pa.list_(pa.int64()))
+    assert count_label_array(labels, 9, seq_lengths).tolist() == [0, 0, 2, 0, 0, 1, 0, 1, 1]
+    assert count_label_array(labels, 9).tolist() == [0, 0, 2, 0, 0, 1, 1, 1, 1]  # unpacked: only row starts
+    # through a dataset, with a selection, in batches of one row: the same counts
+    dataset = Dataset.from_dict({"labels": labels.to_pylist(), "seq_lengths": seq_lengths.to_pylist()}).select([1, 0])
+    assert count_trained_tokens(dataset, 9, batch_size=1).tolist() == [0, 0, 2, 0, 0, 1, 0, 1, 1]
+    streamed = Dataset.from_dict({"labels": labels.to_pylist(), "seq_lengths": seq_lengths.to_pylist()})
+    assert count_trained_tokens(streamed.to_iterable_dataset(), 9).tolist() == [0, 0, 2, 0, 0, 1, 0, 1, 1]
+
+
+def test_packed_lengths_that_do_not_match_the_row_are_refused():
+    labels = pa.array([[1, 5, 6, 7, 8]], type=pa.list_(pa.int64()))
+    with pytest.raises(FrequencyTableError, match="sum to 4 but the row has 5 labels"):
+        count_label_array(labels, 9, pa.array([[2, 2]], type=pa.list_(pa.int64())))
+
+
 def test_label_outside_the_vocabulary_is_refused():
     with pytest.raises(FrequencyTableError, match="outside the model's 4 output rows"):
         count_label_array(pa.array([[-100, 7]], type=pa.list_(pa.int64())), 4)

@@ -119,8 +119,6 @@ CASES: tuple[Case, ...] = (
         trl=(C + "test_packing_and_padding_free_equal_the_same_tokens_unpacked",
              C + "test_packing_counts_the_same_table_as_unpacked_for_text_data"),
         axolotl=(X + "test_sample_packing_equals_the_same_tokens_unpacked",),
-        known_gap="TRL packing of data whose first token is trained (`text`): the table also counts the first token "
-        "of every later sequence in a packed row, which is never trained (strict xfail)",
     ),
     Case(
         "qlora",

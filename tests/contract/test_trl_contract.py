@@ -194,11 +194,6 @@ def test_packing_and_padding_free_equal_the_same_tokens_unpacked(tmp_path, token
     print("\nlayout: logged PDL, independent unpacked PDL, relative gradient error", *report.items(), sep="\n")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "engine bug (pdl_plugin/frequency.py count_label_array): under TRL packing the table skips only the first label "
-    "of each packed row, not of each packed sequence (`seq_lengths`), so it counts the first token of every later "
-    "sequence in a row, which the padding-free collator masks (labels[position_ids == 0] = -100) and which is never "
-    "trained; the packed table differs from the unpacked one for data whose first token is trained"))
 def test_packing_counts_the_same_table_as_unpacked_for_text_data(tmp_path, tokenizer):
     """Language-modelling data (`text`): every token is trained except the first of each sequence."""
     texts = [p + c for p, c in zip(PROMPT_COMPLETION["prompt"], PROMPT_COMPLETION["completion"])]

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# The PDL study on the three offline tasks (issue 11): arms alpha 0 (CE), 0.25, 0.5, 1.0 and alpha 1.0 with a warm-up
+# over the first half of the steps, seeds 0, 1, 2 (same seeds in every arm: same LoRA initialisation, same batches),
+# on SmolLM2-135M-Instruct LoRA r8, two one-thread processes on a 2-core CPU.
+#
+#   bash benchmarks/study.sh TASK            # dialogue | code | summarization; resumable, run it again to go on
+#   bash benchmarks/study.sh TASK --report   # only redraw docs/results/study/TASK.md from the committed results
+#
+# Each finished run leaves train.json and results.json (no adapter) in docs/results/study/TASK/ARM/seed-S/: commit
+# them; a later run of this script, on any machine, skips those runs. A run cut off mid-training starts again.
+# Sizes (see docs/results.md, "The study"): dialogue 308 steps of 8 rows (3.0 epochs of 817 rows); code and
+# summarization 150 steps of 8 rows (1,200 examples). Validation CE is evaluated every 1/11 (dialogue) or 1/10 of
+# the run, for the flattening check; the final evaluation scores the first --max_prompts validation rows.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+task="${1:?usage: bash benchmarks/study.sh dialogue|code|summarization [--report]}"
+common=(--outdir outputs/study --results_dir docs/results/study --report "docs/results/study/$task.md"
+        --alphas 0,0.25,0.5,1.0 --warmup_alpha 1.0 --seeds 0,1,2 --eval_strategy steps --logging_steps 4)
+case "$task" in
+    dialogue)  # 81 validation rows, all evaluated; recipe alpha 0.5
+        size=(--max_steps 308 --warmup_steps 10 --eval_steps 28 --alpha_warmup_steps 154
+              --max_prompts 81 --max_new_tokens 64 --reference_alpha 0.5) ;;
+    code)  # 327 validation rows: the first 64 during training and at the end; recipe alpha 0.25
+        size=(--max_steps 150 --warmup_steps 5 --eval_steps 15 --alpha_warmup_steps 75 --max_eval_samples 64
+              --max_prompts 64 --max_new_tokens 128 --reference_alpha 0.25) ;;
+    summarization)  # 3,442 validation rows: the first 64; recipe alpha 0.75
+        size=(--max_steps 150 --warmup_steps 5 --eval_steps 15 --alpha_warmup_steps 75 --max_eval_samples 64
+              --max_prompts 64 --max_new_tokens 48 --reference_alpha 0.75) ;;
+    *) echo "unknown task '$task': dialogue, code or summarization" >&2; exit 2 ;;
+esac
+pdl_compare=(.venv/bin/pdl-compare --config "recipes/offline/${task}_lora.yaml" "${common[@]}" "${size[@]}")
+
+if [[ "${2:-}" == "--report" ]]; then
+    exec "${pdl_compare[@]}" --report_only
+fi
+mkdir -p outputs/study
+for shard in 1 2; do
+    OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 "${pdl_compare[@]}" --shard "$shard/2" \
+        > "outputs/study/$task-shard-$shard.log" 2>&1 &
+done
+echo "two shards running; logs: outputs/study/$task-shard-{1,2}.log"
+status=0
+wait -n || status=$?
+wait -n || status=$?
+"${pdl_compare[@]}" --report_only
+exit "$status"
