@@ -7,6 +7,47 @@ import sys
 from ..errors import PDLError
 
 
+def missing_trl_host() -> str | None:
+    """What of the `[trl]` extra (TRL and the transformers it needs) is missing or too old here, in words; None when
+    all is there. Read from the installed package's own requirements, so the pins live in pyproject.toml only."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+
+    try:
+        requirements = [Requirement(text) for text in metadata.requires("pdl-plugin") or []]
+    except metadata.PackageNotFoundError:  # run from a source tree without an install: only ask for TRL itself
+        requirements = [Requirement("trl")]
+    wanted = [r for r in requirements if r.marker is not None and r.marker.evaluate({"extra": "trl"})
+              and not r.marker.evaluate({"extra": ""})] or [Requirement("trl")]
+    problems = []
+    for requirement in wanted:
+        try:
+            found = metadata.version(requirement.name)
+        except metadata.PackageNotFoundError:
+            problems.append(f"{requirement.name} is not installed (needs {requirement})")
+            continue
+        if requirement.specifier and not requirement.specifier.contains(found, prereleases=True):
+            problems.append(f"{requirement.name} {found} is installed (needs {requirement.name}{requirement.specifier})")
+    return "; ".join(problems) or None
+
+
+def require_trl_host(command: str) -> None:
+    """Stop a TRL-host command (pdl-sft, pdl-freq, pdl-eval, pdl-compare) with one clear line, before anything of TRL
+    is imported, when the `[trl]` extra is missing: not an ImportError from deep inside the package."""
+    problem = missing_trl_host()
+    if problem is None:
+        return
+    from rich.console import Console
+    from rich.markup import escape
+
+    message = (f"{command} runs on TRL, and {problem}. Install the TRL host with `pip install 'pdl-plugin[trl]'`. In "
+               "an Axolotl environment (Axolotl pins its own TRL) train with `axolotl train` and the PDLPlugin, and "
+               "count tables with `axolotl pdl-freq`.")
+    Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {escape(message)}", highlight=False)
+    raise SystemExit(2)
+
+
 def run_cli(main_fn, argv: list[str] | None) -> None:
     """Run a console entry point: our errors print one `error:` line and exit 2, never a traceback."""
     from rich.console import Console

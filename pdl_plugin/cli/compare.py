@@ -14,6 +14,10 @@ to the recipe (e.g. `--max_steps 10`).
 
 from __future__ import annotations
 
+from . import require_trl_host
+
+require_trl_host("pdl-compare")  # before the imports below, which load TRL
+
 import argparse
 import shlex
 import time

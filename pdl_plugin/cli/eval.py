@@ -7,6 +7,10 @@ PDL, and for code the parse rate (pass@1 when the data ships a `test` column). W
 
 from __future__ import annotations
 
+from . import require_trl_host
+
+require_trl_host("pdl-eval")  # before the imports below, which load TRL
+
 import argparse
 from pathlib import Path
 

@@ -14,6 +14,10 @@ trainer would count; no model weights are loaded.
 
 from __future__ import annotations
 
+from . import require_trl_host
+
+require_trl_host("pdl-freq")  # before the imports below, which load TRL
+
 import argparse
 from pathlib import Path
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from . import require_trl_host
+
+require_trl_host("pdl-sft")  # before the imports below, which load TRL
+
 from pathlib import Path
 
 from rich.console import Console
