@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from axolotl.integrations.base import BasePlugin
 from axolotl.utils.logging import get_logger
 
+from ..checkpoints import check_resume_checkpoint
 from ..engine import PDLEngine, with_command
 from ..errors import FrequencyTableError, PDLConfigError, PDLError
 from ..frequency import IGNORE_INDEX, FrequencyTable, tokenizer_fingerprint
@@ -167,6 +169,17 @@ def make_pdl_trainer_cls(base: type, cfg) -> type:
 # ---- the plugin ----------------------------------------------------------------------------------------------------
 
 
+def axolotl_resume_target(cfg) -> str | None:
+    """The checkpoint `axolotl train` will resume from, chosen as Axolotl does (`determine_last_checkpoint`): the
+    configured `resume_from_checkpoint`, else with `auto_resume_from_checkpoints` the highest-numbered checkpoint-N."""
+    if cfg.get("resume_from_checkpoint"):
+        return str(cfg.resume_from_checkpoint)
+    if not cfg.get("auto_resume_from_checkpoints") or not cfg.get("output_dir"):
+        return None
+    numbered = [p for p in Path(cfg.output_dir).glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
+    return str(max(numbered, key=lambda p: int(p.name.split("-")[-1]))) if numbered else None
+
+
 class PDLPlugin(BasePlugin):
     """Power-Law Decay Loss for Axolotl SFT: list it under `plugins:` and set `loss_type: pdl` (see the README)."""
 
@@ -202,8 +215,15 @@ class PDLPlugin(BasePlugin):
         return make_pdl_trainer_cls(base, cfg)
 
     def post_trainer_create(self, cfg, trainer) -> None:
-        if cfg.get("loss_type") == "pdl" and not isinstance(trainer, PDLAxolotlMixin):
+        if cfg.get("loss_type") != "pdl":
+            return
+        if not isinstance(trainer, PDLAxolotlMixin):
             raise PDLConfigError(
                 f"loss_type 'pdl' is set but the trainer is {type(trainer).__name__}: a plugin listed before "
                 "pdl_plugin.integrations.axolotl.PDLPlugin supplied its own trainer class. List PDLPlugin first."
             )
+        # The resume check, here already: after this hook Axolotl re-saves its configs (adapter_config.json, ...)
+        # into output_dir; a refused resume must not touch the interrupted run's files. train() checks it again.
+        resume = axolotl_resume_target(cfg)
+        if resume and trainer.pdl_engine is not None:
+            trainer.pdl_engine.check_resume(check_resume_checkpoint(resume, trainer.args.output_dir))
