@@ -521,7 +521,8 @@ def flattening_report(runs: dict[str, list[dict]]) -> list[str]:
         return ["No CE arm (alpha 0): no flattening check."]
     lines = ["Has the CE arm's validation cross-entropy flattened? Relative improvement over the last quarter of the "
              "run (from the last evaluation at or before 3/4 of the steps to the last one) from the evaluations in the "
-             "training log (the trainer's eval over the whole validation split); flattened when under 2%.", "",
+             "training log (the trainer's evaluations on its eval split, or on its first `max_eval_samples` rows); "
+             "flattened when under 2%.", "",
              "| seed | evaluations | val CE at step | val CE at step | improvement | flattened |",
              "|---|---|---|---|---|---|"]
     for result in sorted(baseline, key=lambda r: r["seed"]):
