@@ -38,25 +38,27 @@ def require_trl_host(command: str) -> None:
     problem = missing_trl_host()
     if problem is None:
         return
+    stop_with_error(f"{command} runs on TRL, and {problem}. Install the TRL host with `pip install 'pdl-plugin[trl]'`. "
+                    "In an Axolotl environment (Axolotl pins its own TRL) train with `axolotl train` and the PDLPlugin, "
+                    "and count tables with `axolotl pdl-freq`.")
+
+
+def stop_with_error(message: str) -> None:
+    """Print `error: MESSAGE` on one line of stderr and exit with status 2: how every command of ours fails."""
     from rich.console import Console
     from rich.markup import escape
 
-    message = (f"{command} runs on TRL, and {problem}. Install the TRL host with `pip install 'pdl-plugin[trl]'`. In "
-               "an Axolotl environment (Axolotl pins its own TRL) train with `axolotl train` and the PDLPlugin, and "
-               "count tables with `axolotl pdl-freq`.")
+    message = " ".join(message.split())  # one line, whatever the message's own line breaks
+    # soft_wrap: never broken at the terminal's width; escape: a `[...]` in the message is text, not markup
     Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {escape(message)}", highlight=False)
     raise SystemExit(2)
 
 
 def run_cli(main_fn, argv: list[str] | None) -> None:
     """Run a console entry point: our errors print one `error:` line and exit 2, never a traceback."""
-    from rich.console import Console
-    from rich.markup import escape
-
     try:
         main_fn(sys.argv[1:] if argv is None else argv)
+        return
     except PDLError as err:
-        message = " ".join(str(err).split())  # one line, whatever the message's own line breaks
-        # soft_wrap: never broken at the terminal's width; escape: a `[...]` in the message is text, not markup
-        Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {escape(message)}", highlight=False)
-        raise SystemExit(2) from None
+        message = str(err)
+    stop_with_error(message)  # outside the except: the exit carries no chained traceback
