@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -169,17 +168,6 @@ def make_pdl_trainer_cls(base: type, cfg) -> type:
 # ---- the plugin ----------------------------------------------------------------------------------------------------
 
 
-def axolotl_resume_target(cfg) -> str | None:
-    """The checkpoint `axolotl train` will resume from, chosen as Axolotl does (`determine_last_checkpoint`): the
-    configured `resume_from_checkpoint`, else with `auto_resume_from_checkpoints` the highest-numbered checkpoint-N."""
-    if cfg.get("resume_from_checkpoint"):
-        return str(cfg.resume_from_checkpoint)
-    if not cfg.get("auto_resume_from_checkpoints") or not cfg.get("output_dir"):
-        return None
-    numbered = [p for p in Path(cfg.output_dir).glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
-    return str(max(numbered, key=lambda p: int(p.name.split("-")[-1]))) if numbered else None
-
-
 class PDLPlugin(BasePlugin):
     """Power-Law Decay Loss for Axolotl SFT: list it under `plugins:` and set `loss_type: pdl` (see the README)."""
 
@@ -224,6 +212,10 @@ class PDLPlugin(BasePlugin):
             )
         # The resume check, here already: after this hook Axolotl re-saves its configs (adapter_config.json, ...)
         # into output_dir; a refused resume must not touch the interrupted run's files. train() checks it again.
-        resume = axolotl_resume_target(cfg)
+        # The checkpoint is Axolotl's own choice (`resume_from_checkpoint`, or the newest with auto-resume), which it
+        # makes again, to the same result, just before training.
+        from axolotl.utils.train import determine_last_checkpoint
+
+        resume = determine_last_checkpoint(cfg)
         if resume and trainer.pdl_engine is not None:
             trainer.pdl_engine.check_resume(check_resume_checkpoint(resume, trainer.args.output_dir))
