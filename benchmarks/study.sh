@@ -7,7 +7,8 @@
 #   bash benchmarks/study.sh TASK --report   # only redraw docs/results/study/TASK.md from the committed results
 #
 # Each finished run leaves train.json and results.json (no adapter) in docs/results/study/TASK/ARM/seed-S/: commit
-# them; a later run of this script, on any machine, skips those runs. A run cut off mid-training starts again.
+# them; a later run of this script, on any machine, skips those runs. A run cut off mid-training resumes from its last
+# checkpoint (kept every evaluation, in outputs/study, not committed) on the same machine, and starts again elsewhere.
 # Sizes (see docs/results.md, "The study"): dialogue 308 steps of 8 rows (3.0 epochs of 817 rows); code and
 # summarization 150 steps of 8 rows (1,200 examples). Validation CE is evaluated every 1/11 (dialogue) or 1/6 of
 # the run, for the flattening check; the final evaluation scores the first --max_prompts validation rows.
@@ -19,13 +20,15 @@ common=(--outdir outputs/study --results_dir docs/results/study --report "docs/r
         --alphas 0,0.25,0.5,1.0 --warmup_alpha 1.0 --seeds 0,1,2 --eval_strategy steps --logging_steps 4)
 case "$task" in
     dialogue)  # 81 validation rows, all evaluated; recipe alpha 0.5
-        size=(--max_steps 308 --warmup_steps 10 --eval_steps 28 --alpha_warmup_steps 154
+        size=(--max_steps 308 --warmup_steps 10 --eval_steps 28 --checkpoint_steps 28 --alpha_warmup_steps 154
               --max_prompts 81 --max_new_tokens 64 --reference_alpha 0.5) ;;
     code)  # 327 validation rows: the first 64 during training and at the end; recipe alpha 0.25
-        size=(--max_steps 150 --warmup_steps 5 --eval_steps 25 --alpha_warmup_steps 75 --max_eval_samples 64
+        size=(--max_steps 150 --warmup_steps 5 --eval_steps 25 --checkpoint_steps 25 --alpha_warmup_steps 75
+              --max_eval_samples 64
               --max_prompts 64 --max_new_tokens 128 --reference_alpha 0.25) ;;
     summarization)  # 3,442 validation rows: the first 64; recipe alpha 0.75
-        size=(--max_steps 150 --warmup_steps 5 --eval_steps 25 --alpha_warmup_steps 75 --max_eval_samples 64
+        size=(--max_steps 150 --warmup_steps 5 --eval_steps 25 --checkpoint_steps 25 --alpha_warmup_steps 75
+              --max_eval_samples 64
               --max_prompts 64 --max_new_tokens 48 --reference_alpha 0.75) ;;
     *) echo "unknown task '$task': dialogue, code or summarization" >&2; exit 2 ;;
 esac

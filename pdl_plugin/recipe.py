@@ -356,8 +356,9 @@ def save_final_model(trainer, output_dir: str | Path) -> Path:
     return Path(output_dir)
 
 
-def run_recipe(argv: list[str]):
-    """Train with the recipe `--config RECIPE.yaml [--key value ...]` and save the model; returns the trainer."""
+def run_recipe(argv: list[str], callbacks: list | None = None):
+    """Train with the recipe `--config RECIPE.yaml [--key value ...]` and save the model; returns the trainer.
+    `callbacks`: extra `TrainerCallback`s, as the Trainer takes them."""
     from trl import get_peft_config, get_quantization_config
 
     from .preparation import preparation_report
@@ -385,6 +386,7 @@ def run_recipe(argv: list[str]):
         eval_dataset=eval_dataset,
         quantization_config=get_quantization_config(model_args),
         peft_config=get_peft_config(model_args),
+        callbacks=callbacks,
     )
     # What TRL's preparation dropped or cut (one more tokenisation, without truncation): said before training and
     # again in the summary

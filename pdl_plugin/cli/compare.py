@@ -7,9 +7,10 @@ distribution against the references'. `--alpha_warmup_steps N` adds one arm whos
 Resumable: finished runs are not redone. With `--results_dir DIR` each finished run's small results (`train.json`,
 `results.json`; not the adapter) go to `DIR/<task>/<arm>/seed-<s>/`, runs whose results are there are skipped (commit
 them to resume a study on another machine), and the report is made from them. Runs go seed by seed (every arm of
-seed 0 first), so a study cut short leaves whole paired sets. `--shard I/N` takes every N-th run of the plan from the I-th:
-the same command started N times with one thread each uses N cores, and no two ever take the same run. Any other `--key value` is passed on
-to the recipe (e.g. `--max_steps 10`).
+seed 0 first), so a study cut short leaves whole paired sets. `--shard I/N` takes every N-th run of the plan from the
+I-th: the same command started N times with one thread each uses N cores, and no two ever take the same run.
+`--checkpoint_steps N` keeps each run's last checkpoint, so that a run cut off resumes from it. Any other
+`--key value` is passed on to the recipe (e.g. `--max_steps 10`).
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ from ..recipe import parse_recipe
 from . import run_cli
 
 USAGE = ("pdl-compare --config RECIPE.yaml --alphas 0,0.25,0.5,1.0 [--seeds 0,1] [--alpha_warmup_steps N] "
-         "[--outdir DIR] [--results_dir DIR] [--report FILE.md] [--report_only] [--shard I/N] [eval options] "
+         "[--outdir DIR] [--results_dir DIR] [--report FILE.md] [--report_only] [--shard I/N] [--checkpoint_steps N] "
+         "[eval options] "
          "[--recipe_key value ...]")
 
 _OVERRIDES_REFUSED = ("--output_dir", "--pdl_alpha", "--seed", "--loss_type", "--pdl_alpha_warmup_steps")
@@ -58,12 +60,17 @@ def compare(argv: list[str]) -> Path:
     parser.add_argument("--shard", default=None, metavar="I/N",
                         help="run only every N-th run of the plan, from the I-th: start the same command N times "
                         "(--shard 1/N ... N/N, one thread each: OMP_NUM_THREADS=1) to use N cores")
+    parser.add_argument("--checkpoint_steps", type=int, default=0, metavar="N",
+                        help="keep each run's last checkpoint every N steps, so that a run cut off (a session that "
+                        "ends, a machine taken back) resumes from it; default 0: no checkpoints, a cut run starts again")
     options, overrides = parser.parse_known_args(argv)
     refused = [flag for flag in overrides if flag.split("=")[0] in _OVERRIDES_REFUSED]
     if refused:
         raise PDLConfigError(f"pdl-compare sets {refused[0]} itself for each run (use --alphas, --seeds, --outdir).")
     alphas, seeds = parse_alphas(options.alphas), parse_seeds(options.seeds)
     shard = parse_shard(options.shard)
+    if options.checkpoint_steps < 0:
+        raise PDLConfigError(f"--checkpoint_steps must be >= 0 (0: no checkpoints), got {options.checkpoint_steps}.")
     if options.alpha_warmup_steps < 0:
         raise PDLConfigError(f"--alpha_warmup_steps must be >= 0, got {options.alpha_warmup_steps}.")
     arms = [Arm(alpha) for alpha in alphas]
@@ -104,7 +111,7 @@ def compare(argv: list[str]) -> Path:
             console.print(f"[bold][{index}/{len(plan)}] {task} {arm.name} seed {seed}[/]: {folder}")
             started = time.perf_counter()
             run_one(options.config, overrides, folder, arm, seed, settings, reference_alpha, log=console.print,
-                    results_folder=kept)
+                    results_folder=kept, checkpoint_steps=options.checkpoint_steps)
             console.print(f"[{index}/{len(plan)}] finished in {time.perf_counter() - started:.0f} s")
     path = write_report(task, source_dir, report, command, base_dirs=(task_dir,))
     console.print(f"Report: {path}")
@@ -112,15 +119,15 @@ def compare(argv: list[str]) -> Path:
 
 
 def _study_argv(argv: list[str]) -> list[str]:
-    """The command that made the runs: `--report_only` and `--report PATH` only redraw the report, and `--shard I/N`
-    only says which process ran which runs."""
+    """The command that made the runs: `--report_only` and `--report PATH` only redraw the report, `--shard I/N`
+    only says which process ran which runs and `--checkpoint_steps N` only how often they could be resumed."""
     shown, skip = [], False
     for item in argv:
         if skip:
             skip = False
-        elif item == "--report_only" or item.startswith(("--report=", "--shard=")):
+        elif item == "--report_only" or item.startswith(("--report=", "--shard=", "--checkpoint_steps=")):
             continue
-        elif item in ("--report", "--shard"):
+        elif item in ("--report", "--shard", "--checkpoint_steps"):
             skip = True
         else:
             shown.append(item)

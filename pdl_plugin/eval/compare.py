@@ -2,7 +2,8 @@
 
 Layout: ``OUTDIR/<task>/<arm>/seed-<s>/`` holds the adapter, `train.json` (log history and timings, written when
 training finished), `results.json` (the evaluation) and a `done` marker. A rerun skips runs with `done`, evaluates runs
-with `train.json` but no `done`, and retrains runs with neither (a run interrupted mid-training is redone).
+with `train.json` but no `done`, and retrains runs with neither: a run interrupted mid-training resumes from its last
+checkpoint when the study keeps checkpoints (`--checkpoint_steps N`), and is redone otherwise.
 
 With a results folder (``--results_dir docs/results``) each finished run also leaves its small results, `train.json`
 and `results.json` (no adapter), in ``RESULTS_DIR/<task>/<arm>/seed-<s>/``: commit them, and a later `pdl-compare` on
@@ -113,10 +114,40 @@ def copy_results(source: Path, destination: Path) -> None:
         write_json(Path(destination) / name, json.loads((Path(source) / name).read_text()))
 
 
+TIMING_FILE = "study_timing.json"  # in each checkpoint: wall and CPU seconds of training up to that checkpoint
+
+
+def _timing_callback(folder: Path, wall_before: float, cpu_before: float):
+    """A `TrainerCallback` that leaves, in each checkpoint it sees saved, the training time spent up to it (this
+    process's share plus what earlier, interrupted processes spent up to the checkpoint they were resumed from)."""
+    from transformers import TrainerCallback
+
+    from ..files import write_json
+
+    wall_start, cpu_start = time.perf_counter(), time.process_time()
+
+    class StudyTiming(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            checkpoint = folder / f"checkpoint-{state.global_step}"
+            if checkpoint.is_dir():
+                write_json(checkpoint / TIMING_FILE, {
+                    "wall_s": wall_before + time.perf_counter() - wall_start,
+                    "cpu_s": cpu_before + time.process_time() - cpu_start,
+                })
+
+    return StudyTiming()
+
+
 def run_one(config: str, overrides: list[str], folder: Path, arm: Arm, seed: int, settings, reference_alpha: float,
-            log=print, results_folder: Path | None = None) -> dict:
+            log=print, results_folder: Path | None = None, checkpoint_steps: int = 0) -> dict:
     """Train (unless `train.json` shows it was done) and evaluate one arm and seed; return its results. With a
-    `results_folder`, its `train.json` and `results.json` are copied there once the run is done."""
+    `results_folder`, its `train.json` and `results.json` are copied there once the run is done.
+
+    With `checkpoint_steps` > 0 training keeps its last checkpoint every that many steps, and a run found cut off
+    (checkpoints but no `train.json`) resumes from its last complete checkpoint, as `pdl-sft --resume_from_checkpoint`
+    would: same batches, restored random states. Without it, or without a complete checkpoint, it starts again.
+    """
+    from ..checkpoints import last_complete_checkpoint
     from ..files import write_json
     from ..recipe import parse_recipe, run_recipe
     from ..frequency import FrequencyTable
@@ -127,19 +158,35 @@ def run_one(config: str, overrides: list[str], folder: Path, arm: Arm, seed: int
             "--save_strategy", "no", "--report_to", "none"]
     trainer = None
     if not (folder / TRAIN_FILE).is_file():
-        if folder.exists():
+        resume = last_complete_checkpoint(folder) if checkpoint_steps > 0 else None
+        wall_before = cpu_before = 0.0
+        if resume is not None:
+            timing_file = Path(resume) / TIMING_FILE
+            timing = json.loads(timing_file.read_text()) if timing_file.is_file() else {}
+            wall_before, cpu_before = timing.get("wall_s", 0.0), timing.get("cpu_s", 0.0)
+            log(f"{folder}: training was cut off, resuming from {Path(resume).name}")
+        elif folder.exists():
             log(f"{folder}: unfinished training, starting it again")
             shutil.rmtree(folder)
-        folder.mkdir(parents=True)
+        folder.mkdir(parents=True, exist_ok=True)
+        train_argv = argv
+        if checkpoint_steps > 0:
+            train_argv = [*argv, "--save_strategy", "steps", "--save_steps", str(checkpoint_steps),
+                          "--save_total_limit", "1"]
+            if resume is not None:
+                train_argv += ["--resume_from_checkpoint", str(resume)]
         wall, cpu = time.perf_counter(), time.process_time()
-        trainer = run_recipe(argv)
+        trainer = run_recipe(train_argv, callbacks=[_timing_callback(folder, wall_before, cpu_before)])
         args = trainer.args
         batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * max(1, args.world_size)
         write_json(folder / TRAIN_FILE, {
             "argv": argv, "log_history": trainer.state.log_history, "global_step": trainer.state.global_step,
             "epoch": trainer.state.epoch, "examples_seen": trainer.state.global_step * batch,
-            "wall_s": time.perf_counter() - wall, "cpu_s": time.process_time() - cpu,
+            "wall_s": wall_before + time.perf_counter() - wall, "cpu_s": cpu_before + time.process_time() - cpu,
+            **({"resumed_from": Path(resume).name} if resume is not None else {}),
         })
+        for checkpoint in folder.glob("checkpoint-*"):  # the run is whole: its adapter is in `folder`
+            shutil.rmtree(checkpoint)
         model, tokenizer = trainer.model, trainer.processing_class
     recipe = parse_recipe(argv)
     if trainer is None:

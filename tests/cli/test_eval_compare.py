@@ -229,6 +229,54 @@ def test_pdl_compare_shards_split_the_plan_without_overlap(tmp_path):
     assert "--shard" not in report.read_text()
 
 
+def test_pdl_compare_resumes_a_run_cut_off_mid_training_from_its_checkpoint(tmp_path, monkeypatch):
+    """With --checkpoint_steps, a run killed after its step-2 checkpoint resumes from it: the same losses at every step
+    and the same validation CE as the same run never cut off (same batches, restored random states)."""
+    from transformers import TrainerCallback
+
+    import pdl_plugin.recipe as recipe_module
+
+    argv = ["--config", _recipe(tmp_path), "--alphas", "0.5", "--seeds", "3", "--max_prompts", "1",
+            "--max_new_tokens", "2", "--max_steps", "4", "--task", "toy", "--no_sampled", "--checkpoint_steps", "2"]
+    compare([*argv, "--outdir", str(tmp_path / "whole")])
+
+    class CutOff(Exception):
+        pass
+
+    class CutOffAtStep3(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 3:
+                raise CutOff
+
+    run_recipe = recipe_module.run_recipe
+    monkeypatch.setattr(recipe_module, "run_recipe",
+                        lambda argv, callbacks=None: run_recipe(argv, [*(callbacks or []), CutOffAtStep3()]))
+    with pytest.raises(CutOff):
+        compare([*argv, "--outdir", str(tmp_path / "cut")])
+    monkeypatch.undo()
+    run = tmp_path / "cut/toy/alpha-0.5/seed-3"
+    assert not (run / "train.json").exists() and (run / "checkpoint-2/trainer_state.json").is_file()
+    before = json.loads((run / "checkpoint-2/study_timing.json").read_text())
+    assert before["wall_s"] > 0 and before["cpu_s"] > 0
+
+    report = compare([*argv, "--outdir", str(tmp_path / "cut")])
+    assert "--checkpoint_steps" not in report.read_text()  # how often runs could resume is not part of the study
+    resumed = json.loads((run / "train.json").read_text())
+    whole = json.loads((tmp_path / "whole/toy/alpha-0.5/seed-3/train.json").read_text())
+
+    def losses(train):
+        return {entry["step"]: entry["loss"] for entry in train["log_history"] if "loss" in entry}
+
+    assert resumed["resumed_from"] == "checkpoint-2" and resumed["global_step"] == 4 and "resumed_from" not in whole
+    assert sorted(losses(resumed)) == [1, 2, 3, 4]
+    assert losses(resumed) == pytest.approx(losses(whole), rel=1e-5)
+    assert resumed["wall_s"] > before["wall_s"]  # the time before the cut-off is counted
+    assert not list(run.glob("checkpoint-*"))  # the finished run keeps only its adapter
+    ce = {name: json.loads((tmp_path / name / "toy/alpha-0.5/seed-3/results.json").read_text())["validation"]["ce"]
+          for name in ("whole", "cut")}
+    assert ce["cut"] == pytest.approx(ce["whole"], rel=1e-5)
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [
@@ -240,6 +288,7 @@ def test_pdl_compare_shards_split_the_plan_without_overlap(tmp_path):
         (["--max_prompts", "0"], "--max_prompts must be >= 1"),
         (["--shard", "3/2"], "needs 1 <= I <= N"),
         (["--shard", "half"], "--shard must be I/N"),
+        (["--checkpoint_steps", "-1"], "--checkpoint_steps must be >= 0"),
     ],
 )
 def test_pdl_compare_refuses_bad_input_with_one_line(tmp_path, capsys, extra, message):
