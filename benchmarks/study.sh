@@ -3,8 +3,11 @@
 # over the first half of the steps, seeds 0, 1, 2 (same seeds in every arm: same LoRA initialisation, same batches),
 # on SmolLM2-135M-Instruct LoRA r8, two one-thread processes on a 2-core CPU.
 #
-#   bash benchmarks/study.sh TASK            # dialogue | code | summarization; resumable, run it again to go on
-#   bash benchmarks/study.sh TASK --report   # only redraw docs/results/study/TASK.md from the committed results
+#   bash benchmarks/study.sh TASK [TASK ...]           # dialogue, code, summarization; resumable, run it again to go on
+#   bash benchmarks/study.sh TASK [TASK ...] --report  # only redraw docs/results/study/TASK.md from committed results
+#
+# With several tasks, each of the two shards goes through them in turn, so a core whose share of one task is done
+# starts on the next instead of waiting.
 #
 # Each finished run leaves train.json and results.json (no adapter) in docs/results/study/TASK/ARM/seed-S/: commit
 # them; a later run of this script, on any machine, skips those runs. A run cut off mid-training resumes from its last
@@ -15,36 +18,58 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-task="${1:?usage: bash benchmarks/study.sh dialogue|code|summarization [--report]}"
-common=(--outdir outputs/study --results_dir docs/results/study --report "docs/results/study/$task.md"
-        --alphas 0,0.25,0.5,1.0 --warmup_alpha 1.0 --seeds 0,1,2 --eval_strategy steps --logging_steps 4)
-case "$task" in
-    dialogue)  # 81 validation rows, all evaluated; recipe alpha 0.5
-        size=(--max_steps 308 --warmup_steps 10 --eval_steps 28 --checkpoint_steps 28 --alpha_warmup_steps 154
-              --max_prompts 81 --max_new_tokens 64 --reference_alpha 0.5) ;;
-    code)  # 327 validation rows: the first 64 during training and at the end; recipe alpha 0.25
-        size=(--max_steps 150 --warmup_steps 5 --eval_steps 25 --checkpoint_steps 25 --alpha_warmup_steps 75
-              --max_eval_samples 64
-              --max_prompts 64 --max_new_tokens 128 --reference_alpha 0.25) ;;
-    summarization)  # 3,442 validation rows: the first 64; recipe alpha 0.75
-        size=(--max_steps 150 --warmup_steps 5 --eval_steps 25 --checkpoint_steps 25 --alpha_warmup_steps 75
-              --max_eval_samples 64
-              --max_prompts 64 --max_new_tokens 48 --reference_alpha 0.75) ;;
-    *) echo "unknown task '$task': dialogue, code or summarization" >&2; exit 2 ;;
-esac
-pdl_compare=(.venv/bin/pdl-compare --config "recipes/offline/${task}_lora.yaml" "${common[@]}" "${size[@]}")
-
-if [[ "${2:-}" == "--report" ]]; then
-    exec "${pdl_compare[@]}" --report_only
-fi
-mkdir -p outputs/study
-for shard in 1 2; do
-    OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 "${pdl_compare[@]}" --shard "$shard/2" \
-        > "outputs/study/$task-shard-$shard.log" 2>&1 &
+usage="usage: bash benchmarks/study.sh TASK [TASK ...] [--report]   (TASK: dialogue, code, summarization)"
+tasks=() report_only=false
+for arg in "$@"; do
+    case "$arg" in
+        dialogue|code|summarization) tasks+=("$arg") ;;
+        --report) report_only=true ;;
+        *) echo "unknown argument '$arg'; $usage" >&2; exit 2 ;;
+    esac
 done
-echo "two shards running; logs: outputs/study/$task-shard-{1,2}.log"
+[[ ${#tasks[@]} -gt 0 ]] || { echo "$usage" >&2; exit 2; }
+
+study_command() {  # the pdl-compare command of one task, in the array `pdl_compare`
+    local task=$1 size
+    local common=(--outdir outputs/study --results_dir docs/results/study --report "docs/results/study/$task.md"
+                  --alphas 0,0.25,0.5,1.0 --warmup_alpha 1.0 --seeds 0,1,2 --eval_strategy steps --logging_steps 4)
+    case "$task" in
+        dialogue)  # 81 validation rows, all evaluated; recipe alpha 0.5
+            size=(--max_steps 308 --warmup_steps 10 --eval_steps 28 --checkpoint_steps 28 --alpha_warmup_steps 154
+                  --max_prompts 81 --max_new_tokens 64 --reference_alpha 0.5) ;;
+        code)  # 327 validation rows: the first 64 during training and at the end; recipe alpha 0.25
+            size=(--max_steps 150 --warmup_steps 5 --eval_steps 25 --checkpoint_steps 25 --alpha_warmup_steps 75
+                  --max_eval_samples 64 --max_prompts 64 --max_new_tokens 128 --reference_alpha 0.25) ;;
+        summarization)  # 3,442 validation rows: the first 64; recipe alpha 0.75
+            size=(--max_steps 150 --warmup_steps 5 --eval_steps 25 --checkpoint_steps 25 --alpha_warmup_steps 75
+                  --max_eval_samples 64 --max_prompts 64 --max_new_tokens 48 --reference_alpha 0.75) ;;
+    esac
+    pdl_compare=(.venv/bin/pdl-compare --config "recipes/offline/${task}_lora.yaml" "${common[@]}" "${size[@]}")
+}
+
+draw_reports() {
+    local task status=0
+    for task in "${tasks[@]}"; do study_command "$task"; "${pdl_compare[@]}" --report_only || status=$?; done
+    return "$status"
+}
+if $report_only; then
+    draw_reports; exit
+fi
+
+run_shard() {  # shard I/2 of every task in turn: a shard that finishes its share of one task goes on to the next
+    local shard=$1 task
+    for task in "${tasks[@]}"; do
+        study_command "$task"
+        OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 "${pdl_compare[@]}" --shard "$shard/2" \
+            > "outputs/study/$task-shard-$shard.log" 2>&1 || return
+    done
+}
+
+mkdir -p outputs/study
+run_shard 1 & run_shard 2 &
+echo "two shards running (${tasks[*]}); logs: outputs/study/TASK-shard-{1,2}.log"
 status=0
 wait -n || status=$?
 wait -n || status=$?
-"${pdl_compare[@]}" --report_only
+draw_reports || status=$?
 exit "$status"
