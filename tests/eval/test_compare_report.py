@@ -100,6 +100,16 @@ def test_paired_report_names_the_interval_and_the_verdict(tmp_path):
     assert "Student's t over seeds" in text
 
 
+def test_paired_report_takes_the_ce_mean_over_the_seeds_it_pairs(tmp_path):
+    _study(tmp_path)
+    for seed in (1, 2):  # alpha 0.5 finished on seed 0 only; CE has seeds 0-2 (val CE 2.0, 2.1, 2.2)
+        for name in ("results.json", "train.json"):
+            (tmp_path / "alpha-0.5" / f"seed-{seed}" / name).unlink()
+    text = "\n".join(paired_report(load_runs(tmp_path)))
+    # the CE mean beside the seed-0 difference is CE's seed-0 value, not the mean 2.1 over CE's three seeds
+    assert "| val CE | 2.0000 | s0: +0.1000 | +0.1000 | - | too few seeds |" in text
+
+
 def test_report_from_stored_results(tmp_path):
     _study(tmp_path / "results" / "toy")
     report = write_report("toy", tmp_path / "results" / "toy", tmp_path / "docs" / "toy.md", "pdl-compare ...")
