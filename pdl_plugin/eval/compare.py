@@ -117,25 +117,32 @@ def copy_results(source: Path, destination: Path) -> None:
 TIMING_FILE = "study_timing.json"  # in each checkpoint: wall and CPU seconds of training up to that checkpoint
 
 
-def _timing_callback(folder: Path, wall_before: float, cpu_before: float):
-    """A `TrainerCallback` that leaves, in each checkpoint it sees saved, the training time spent up to it (this
-    process's share plus what earlier, interrupted processes spent up to the checkpoint they were resumed from)."""
+def _training_clock(resumed_from: Path | None):
+    """A `TrainerCallback` that measures a run's training time across the processes that trained it: `spent()` is
+    this process's time plus what earlier, cut-off processes had spent up to the checkpoint it resumed from, and each
+    checkpoint saved gets that figure in its `study_timing.json`, for the process that will resume from it."""
     from transformers import TrainerCallback
 
     from ..files import write_json
 
-    wall_start, cpu_start = time.perf_counter(), time.process_time()
+    timing_file = resumed_from / TIMING_FILE if resumed_from is not None else None
+    before = json.loads(timing_file.read_text()) if timing_file is not None and timing_file.is_file() else {}
 
-    class StudyTiming(TrainerCallback):
+    class TrainingClock(TrainerCallback):
+        def __init__(self):
+            self.wall_before, self.cpu_before = before.get("wall_s", 0.0), before.get("cpu_s", 0.0)
+            self.wall_start, self.cpu_start = time.perf_counter(), time.process_time()
+
+        def spent(self) -> dict[str, float]:
+            return {"wall_s": self.wall_before + time.perf_counter() - self.wall_start,
+                    "cpu_s": self.cpu_before + time.process_time() - self.cpu_start}
+
         def on_save(self, args, state, control, **kwargs):
-            checkpoint = folder / f"checkpoint-{state.global_step}"
+            checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if checkpoint.is_dir():
-                write_json(checkpoint / TIMING_FILE, {
-                    "wall_s": wall_before + time.perf_counter() - wall_start,
-                    "cpu_s": cpu_before + time.process_time() - cpu_start,
-                })
+                write_json(checkpoint / TIMING_FILE, self.spent())
 
-    return StudyTiming()
+    return TrainingClock()
 
 
 def run_one(config: str, overrides: list[str], folder: Path, arm: Arm, seed: int, settings, reference_alpha: float,
@@ -158,13 +165,10 @@ def run_one(config: str, overrides: list[str], folder: Path, arm: Arm, seed: int
             "--save_strategy", "no", "--report_to", "none"]
     trainer = None
     if not (folder / TRAIN_FILE).is_file():
-        resume = last_complete_checkpoint(folder) if checkpoint_steps > 0 else None
-        wall_before = cpu_before = 0.0
+        last = last_complete_checkpoint(folder) if checkpoint_steps > 0 else None
+        resume = Path(last) if last is not None else None
         if resume is not None:
-            timing_file = Path(resume) / TIMING_FILE
-            timing = json.loads(timing_file.read_text()) if timing_file.is_file() else {}
-            wall_before, cpu_before = timing.get("wall_s", 0.0), timing.get("cpu_s", 0.0)
-            log(f"{folder}: training was cut off, resuming from {Path(resume).name}")
+            log(f"{folder}: training was cut off, resuming from {resume.name}")
         elif folder.exists():
             log(f"{folder}: unfinished training, starting it again")
             shutil.rmtree(folder)
@@ -175,15 +179,14 @@ def run_one(config: str, overrides: list[str], folder: Path, arm: Arm, seed: int
                           "--save_total_limit", "1"]
             if resume is not None:
                 train_argv += ["--resume_from_checkpoint", str(resume)]
-        wall, cpu = time.perf_counter(), time.process_time()
-        trainer = run_recipe(train_argv, callbacks=[_timing_callback(folder, wall_before, cpu_before)])
+        clock = _training_clock(resume)
+        trainer = run_recipe(train_argv, callbacks=[clock])
         args = trainer.args
         batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * max(1, args.world_size)
         write_json(folder / TRAIN_FILE, {
             "argv": argv, "log_history": trainer.state.log_history, "global_step": trainer.state.global_step,
-            "epoch": trainer.state.epoch, "examples_seen": trainer.state.global_step * batch,
-            "wall_s": wall_before + time.perf_counter() - wall, "cpu_s": cpu_before + time.process_time() - cpu,
-            **({"resumed_from": Path(resume).name} if resume is not None else {}),
+            "epoch": trainer.state.epoch, "examples_seen": trainer.state.global_step * batch, **clock.spent(),
+            **({"resumed_from": resume.name} if resume is not None else {}),
         })
         for checkpoint in folder.glob("checkpoint-*"):  # the run is whole: its adapter is in `folder`
             shutil.rmtree(checkpoint)
