@@ -490,8 +490,7 @@ def _num(value: float, digits: int = 4) -> str:
 
 def paired_report(runs: dict[str, list[dict]]) -> list[str]:
     """Markdown: per arm, each metric's per-seed difference to the CE arm and the mean with a 95% t-interval."""
-    baseline_name = next((name for name, rs in runs.items() if rs[0]["alpha"] == 0 and not rs[0]["warmup_steps"]),
-                         None)
+    baseline_name = _baseline_name(runs)
     if baseline_name is None:
         return ["No CE arm (alpha 0) among the finished runs: no paired comparison."]
     baseline = runs[baseline_name]
@@ -544,6 +543,70 @@ def bucket_report(runs: dict[str, list[dict]]) -> list[str]:
     return lines
 
 
+def _baseline_name(runs: dict[str, list[dict]]) -> str | None:
+    return next((name for name, rs in runs.items() if rs[0]["alpha"] == 0 and not rs[0]["warmup_steps"]), None)
+
+
+def bucket_differences(runs: dict[str, list[dict]]) -> dict[str, list[dict]]:
+    """Per arm other than CE, per training-frequency bucket: the paired difference of validation CE (arm - CE, same
+    seed) with its mean and 95% t-interval, and the bucket's validation token count. Empty without a CE arm or
+    buckets."""
+    baseline_name = _baseline_name(runs)
+    first = next(iter(runs.values()))[0]
+    buckets = first["validation"].get("ce_by_bucket")
+    if baseline_name is None or not buckets:
+        return {}
+    out = {}
+    for name, results in runs.items():
+        if name == baseline_name:
+            continue
+        rows = []
+        for bucket in buckets:
+            get = _bucket_ce(bucket["bucket"])
+            stats = paired_differences({r["seed"]: get(r) for r in runs[baseline_name]},
+                                       {r["seed"]: get(r) for r in results})
+            rows.append({"bucket": bucket["bucket"], "tokens": bucket["tokens"], **stats})
+        out[_arm_label(results[0])] = rows
+    return out
+
+
+def plot_bucket_differences(runs: dict[str, list[dict]], path: Path) -> Path | None:
+    """PDL's mechanism in one figure: per frequency bucket, each arm's mean paired difference of validation CE to CE
+    with its 95% t-interval (no bar with a single seed). None when there is nothing to draw."""
+    differences = bucket_differences(runs)
+    if not differences:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7.5, 4.6))
+    rows = next(iter(differences.values()))
+    positions = np.arange(len(rows))
+    width = 0.8 / len(differences)
+    for index, (label, arm_rows) in enumerate(differences.items()):
+        means = np.array([row["mean"] for row in arm_rows])
+        low = np.array([row["low"] for row in arm_rows])
+        high = np.array([row["high"] for row in arm_rows])
+        seeds = max(row["n"] for row in arm_rows)
+        errors = None if np.isnan(low).all() else np.vstack([means - low, high - means])
+        axis.errorbar(positions + (index - (len(differences) - 1) / 2) * width, means, yerr=errors, fmt="o",
+                      capsize=3, label=f"{label} (n = {seeds} seeds)")
+    axis.axhline(0, color="grey", linewidth=0.8)
+    axis.set_xticks(positions, [f"{row['bucket']}\n({row['tokens']} tokens)" for row in rows])
+    axis.set(xlabel="how often the token was trained (training table count)",
+             ylabel="validation CE, arm minus CE (same seed)",
+             title="Validation CE by training frequency against CE (mean, 95% t-interval)")
+    axis.grid(True, axis="y", alpha=0.3)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
 def _eval_curve(result: dict) -> list[tuple[int, float]]:
     history = result["train"].get("log_history", [])
     key = "eval_ce_loss" if any("eval_ce_loss" in e for e in history) else "eval_loss"
@@ -566,9 +629,10 @@ def flattening(result: dict, threshold: float = 0.02) -> dict:
 
 
 def flattening_report(runs: dict[str, list[dict]]) -> list[str]:
-    baseline = next((rs for rs in runs.values() if rs[0]["alpha"] == 0 and not rs[0]["warmup_steps"]), None)
-    if baseline is None:
+    baseline_name = _baseline_name(runs)
+    if baseline_name is None:
         return ["No CE arm (alpha 0): no flattening check."]
+    baseline = runs[baseline_name]
     lines = ["Has the CE arm's validation cross-entropy flattened? Relative improvement over the last quarter of the "
              "run (from the last evaluation at or before 3/4 of the steps to the last one) from the evaluations in the "
              "training log (the trainer's evaluations on its eval split, or on its first `max_eval_samples` rows); "
@@ -628,6 +692,7 @@ def write_report(task: str, task_dir: Path, report: Path, command: str, base_dir
     loss_png = plot_loss_curves(runs, figures / f"{task}-loss-curves.png")
     rank_png = plot_rank_distribution(runs, figures / f"{task}-frequency-rank.png")
     validation_png = plot_validation_curves(runs, figures / f"{task}-validation-curves.png")
+    buckets_png = plot_bucket_differences(runs, figures / f"{task}-bucket-differences.png")
     base_file = next((Path(d) / BASE_FILE for d in (task_dir, *base_dirs) if (Path(d) / BASE_FILE).is_file()), None)
     base = json.loads(base_file.read_text()) if base_file is not None else None
     if base is not None:
@@ -678,6 +743,7 @@ def write_report(task: str, task_dir: Path, report: Path, command: str, base_dir
         "",
         *bucket_report(runs),
         "",
+        *([f"![{task} validation CE by frequency against CE]({buckets_png.name})", ""] if buckets_png else []),
         "### Has the CE arm converged?",
         "",
         *flattening_report(runs),

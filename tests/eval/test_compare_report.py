@@ -7,8 +7,8 @@ import math
 import pytest
 
 from pdl_plugin import PDLConfigError
-from pdl_plugin.eval.compare import (flattening, load_runs, paired_differences, paired_report, t_interval,
-                                     t_quantile_975, write_report)
+from pdl_plugin.eval.compare import (bucket_differences, flattening, load_runs, paired_differences, paired_report,
+                                     t_interval, t_quantile_975, write_report)
 
 
 def test_t_interval_by_hand():
@@ -110,6 +110,31 @@ def test_paired_report_takes_the_ce_mean_over_the_seeds_it_pairs(tmp_path):
     assert "| val CE | 2.0000 | s0: +0.1000 | +0.1000 | - | too few seeds |" in text
 
 
+def test_bucket_differences_pair_each_bucket_seed_by_seed(tmp_path):
+    _study(tmp_path)
+    # make the >100 bucket vary by seed: alpha 0.5 gives 1.2, 1.3, 1.1 against CE's 1.0 -> 0.2, 0.3, 0.1
+    for seed, value in ((1, 1.3), (2, 1.1)):
+        path = tmp_path / "alpha-0.5" / f"seed-{seed}" / "results.json"
+        result = json.loads(path.read_text())
+        result["validation"]["ce_by_bucket"][-1]["ce"] = value
+        path.write_text(json.dumps(result))
+    got = bucket_differences(load_runs(tmp_path))
+    assert list(got) == ["alpha 0.5"]
+    rows = {row["bucket"]: row for row in got["alpha 0.5"]}
+    assert list(rows) == ["unseen", "1-2", "3-10", "11-100", ">100"] and rows["unseen"]["tokens"] == 3
+    assert rows["unseen"]["differences"] == pytest.approx([-0.5] * 3) and rows["3-10"]["mean"] == pytest.approx(0.0)
+    assert rows["11-100"]["mean"] == pytest.approx(0.1)
+    # >100: differences 0.2, 0.3, 0.1: mean 0.2, sd 0.1, half width 4.3027 * 0.1 / sqrt(3) = 0.24842
+    assert rows[">100"]["differences"] == pytest.approx([0.2, 0.3, 0.1])
+    assert rows[">100"]["low"] == pytest.approx(0.2 - 0.24842, abs=1e-5)
+    assert rows[">100"]["high"] == pytest.approx(0.2 + 0.24842, abs=1e-5)
+    for name in ("results.json", "train.json"):
+        (tmp_path / "alpha-0" / "seed-0" / name).unlink()
+        (tmp_path / "alpha-0" / "seed-1" / name).unlink()
+        (tmp_path / "alpha-0" / "seed-2" / name).unlink()
+    assert bucket_differences(load_runs(tmp_path)) == {}  # no CE arm: nothing to pair with
+
+
 def test_report_from_stored_results(tmp_path):
     _study(tmp_path / "results" / "toy")
     report = write_report("toy", tmp_path / "results" / "toy", tmp_path / "docs" / "toy.md", "pdl-compare ...")
@@ -121,6 +146,8 @@ def test_report_from_stored_results(tmp_path):
     assert "| 0 | 4 | 2.4500 (step 30) | 2.4200 (step 40) | 1.22% | yes |" in text  # flattening of each CE seed
     assert "tokens the table never counted weighted as its rarest counted token" in text
     assert (tmp_path / "docs" / "toy-validation-curves.png").is_file()
+    assert "![toy validation CE by frequency against CE](toy-bucket-differences.png)" in text
+    assert (tmp_path / "docs" / "toy-bucket-differences.png").is_file()
 
 
 def test_incomplete_run_folders_are_named(tmp_path):
