@@ -9,21 +9,29 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import logging
+from pathlib import Path
 
 import torch
 from trl import SFTConfig, SFTTrainer
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl.data_utils import get_dataset_column_names
 
 from .config import PDLSFTConfig
 from .engine import PDLEngine
 from .errors import PDLConfigError
+from .files import write_json
 from .frequency import tokenizer_fingerprint
 from .hf_trainer import PDLTrainerMixin, shifted_labels
 from .preparation import check_dataset_columns, explain_template_errors, masking_mode
 from .quantization import guard_cpu_4bit_gradients
 
 logger = logging.getLogger(__name__)
+
+# TRL counts the `num_tokens` it logs in memory only (`SFTTrainer._total_train_tokens`): saved with each checkpoint
+# here, so that a resumed run's count goes on from the checkpoint's instead of starting again at 0
+TOKEN_COUNT_FILE = "trl_num_tokens.json"
 
 
 class PDLSFTTrainer(PDLTrainerMixin, SFTTrainer):
@@ -71,6 +79,26 @@ class PDLSFTTrainer(PDLTrainerMixin, SFTTrainer):
         )
         self._pdl_connect(engine, core, fallback="TRL's fused LM head scores every position",
                           blocker="MoE auxiliary loss is on" if self.aux_loss_enabled else None)
+
+    def _save_checkpoint(self, model, trial, *args, **kwargs):
+        """Also save TRL's `num_tokens` count, before the Trainer's files (its `trainer_state.json` comes last)."""
+        if self.args.should_save:
+            folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            folder.mkdir(parents=True, exist_ok=True)
+            write_json(folder / TOKEN_COUNT_FILE, {"num_tokens": int(self._total_train_tokens),
+                                                   "global_step": self.state.global_step})
+        return super()._save_checkpoint(model, trial, *args, **kwargs)
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        """On resume (the one loading hook every backend calls with the checkpoint folder), also restore TRL's
+        `num_tokens` count; a checkpoint saved without it (plain TRL, older pdl-plugin) keeps TRL's restart at 0."""
+        super()._load_optimizer_and_scheduler(checkpoint)
+        saved = Path(checkpoint) / TOKEN_COUNT_FILE if checkpoint is not None else None
+        if saved is not None and saved.is_file():
+            self._total_train_tokens = int(json.loads(saved.read_text(encoding="utf-8"))["num_tokens"])
+        elif checkpoint is not None:
+            logger.warning("Checkpoint %s has no %s: the logged num_tokens restarts from 0 (TRL's behaviour).",
+                           checkpoint, TOKEN_COUNT_FILE)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self.pdl_engine is None:

@@ -239,12 +239,14 @@ def test_kill_during_checkpoint_save_then_resume_is_exact_or_refused(kill, tmp_p
     assert _exact(resumed, whole, tmp_path, whole_file), report
 
 
-@pytest.mark.xfail(strict=True, reason="num_tokens restarts from 0 after a resume: TRL keeps the count in "
-                   "SFTTrainer._total_train_tokens, which no checkpoint saves (engine/trainer side)")
 def test_num_tokens_continues_after_a_resume(tmp_path, smol_path, whole_run):
+    """TRL keeps num_tokens in memory only (plain TRL restarts it at 0 after a resume); PDLSFTTrainer saves it with
+    each checkpoint. The resumed run's values must be those of an uninterrupted run at the same steps."""
     whole, _ = whole_run
     output = tmp_path / "out"
     assert _run(tmp_path, "killed", output, smol_path, kill="after-trainer-state")["status"] == "killed"
     resumed = _run(tmp_path, "resumed", output, smol_path, resume=str(output / "checkpoint-4"))
     expected = _run(tmp_path, "whole-again", tmp_path / "whole-again", smol_path)
+    assert resumed["status"] == "trained" and max(resumed["num_tokens"]) == STEPS, resumed
     assert resumed["num_tokens"] == {s: expected["num_tokens"][s] for s in resumed["num_tokens"]}
+    assert (output / "checkpoint-4" / "trl_num_tokens.json").is_file()
