@@ -121,12 +121,15 @@ class PDLTrainerMixin:
 
     # ---- files ---------------------------------------------------------------------------------------------------
 
+    def _checkpoint_folder(self, trial) -> Path:
+        """The folder the Trainer's `_save_checkpoint` is about to write, for files that must be there before it."""
+        return Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+
     def _save_checkpoint(self, model, trial, *args, **kwargs):
         """Write the PDL files into the checkpoint before the Trainer's own: a checkpoint the Trainer can resume from
         (its `trainer_state.json` is written last) always has them."""
         if self.pdl_engine is not None and self.args.should_save:
-            folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-            self.pdl_engine.save(folder)
+            self.pdl_engine.save(self._checkpoint_folder(trial))
         return super()._save_checkpoint(model, trial, *args, **kwargs)
 
     def train(self, resume_from_checkpoint=None, **kwargs):

@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 from rich.table import Table
 
+from .figures import pyplot, save_figure
 from .frequency import FrequencyTable
 
 
@@ -47,10 +48,7 @@ def weight_summary_table(table: FrequencyTable, weights: torch.Tensor, tokenizer
 
 def plot_rank_curves(table: FrequencyTable, weights: torch.Tensor, alpha: float, path: str | Path) -> Path:
     """Rank-frequency and rank-weight of the trained tokens on log-log axes, written as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     order = ranked_token_ids(table)
     ranks = torch.arange(1, len(order) + 1)
@@ -63,9 +61,4 @@ def plot_rank_curves(table: FrequencyTable, weights: torch.Tensor, alpha: float,
     for axis in (left, right):
         axis.grid(True, which="major", alpha=0.3)
     figure.suptitle(f"{table.total:,} trained tokens ({table.masking}), {len(order):,} distinct")
-    figure.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path, dpi=120)

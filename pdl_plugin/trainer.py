@@ -15,7 +15,6 @@ from pathlib import Path
 
 import torch
 from trl import SFTConfig, SFTTrainer
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl.data_utils import get_dataset_column_names
 
 from .config import PDLSFTConfig
@@ -83,7 +82,7 @@ class PDLSFTTrainer(PDLTrainerMixin, SFTTrainer):
     def _save_checkpoint(self, model, trial, *args, **kwargs):
         """Also save TRL's `num_tokens` count, before the Trainer's files (its `trainer_state.json` comes last)."""
         if self.args.should_save:
-            folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            folder = self._checkpoint_folder(trial)
             folder.mkdir(parents=True, exist_ok=True)
             write_json(folder / TOKEN_COUNT_FILE, {"num_tokens": int(self._total_train_tokens),
                                                    "global_step": self.state.global_step})

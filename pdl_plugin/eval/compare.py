@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import PDLConfigError
+from ..figures import pyplot, save_figure
 from . import metrics
 
 DONE = "done"
@@ -318,10 +319,7 @@ def _curve(result: dict, key: str) -> dict[int, float]:
 def plot_loss_curves(runs: dict[str, list[dict]], path: Path) -> Path:
     """Training CE and loss per step (mean over seeds, band = seed range), and each arm's training CE minus the
     baseline's on the same seed: same seed, same batches, so the batch-to-batch noise cancels."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     figure, (left, middle, right) = plt.subplots(1, 3, figsize=(16, 4.4))
     baseline = next((results for results in runs.values() if results[0]["alpha"] == 0), None)
@@ -358,19 +356,12 @@ def plot_loss_curves(runs: dict[str, list[dict]], path: Path) -> Path:
     for axis in (left, middle, right):
         axis.grid(True, alpha=0.3)
     left.legend(fontsize=8)
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path)
 
 
 def plot_rank_distribution(runs: dict[str, list[dict]], path: Path, mode: str = "greedy") -> Path:
     """Cumulative share of tokens by training-frequency rank (log x), generations of each arm against references."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     figure, axis = plt.subplots(figsize=(7.5, 4.6))
 
@@ -392,11 +383,7 @@ def plot_rank_distribution(runs: dict[str, list[dict]], path: Path, mode: str = 
              ylabel="cumulative share of tokens", title=f"Frequency-rank distribution of {mode} generations")
     axis.grid(True, which="both", alpha=0.3)
     axis.legend(fontsize=8, loc="lower right")
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path, dpi=110)
 
 
 # ---- paired statistics -------------------------------------------------------------------------------------------
@@ -488,6 +475,11 @@ def _num(value: float, digits: int = 4) -> str:
     return "-" if value is None or math.isnan(value) else f"{value:+.{digits}f}"
 
 
+def _baseline_name(runs: dict[str, list[dict]]) -> str | None:
+    """The CE arm: alpha 0 without a warm-up (None when it has no finished run)."""
+    return next((name for name, rs in runs.items() if rs[0]["alpha"] == 0 and not rs[0]["warmup_steps"]), None)
+
+
 def paired_report(runs: dict[str, list[dict]]) -> list[str]:
     """Markdown: per arm, each metric's per-seed difference to the CE arm and the mean with a 95% t-interval."""
     baseline_name = _baseline_name(runs)
@@ -543,10 +535,6 @@ def bucket_report(runs: dict[str, list[dict]]) -> list[str]:
     return lines
 
 
-def _baseline_name(runs: dict[str, list[dict]]) -> str | None:
-    return next((name for name, rs in runs.items() if rs[0]["alpha"] == 0 and not rs[0]["warmup_steps"]), None)
-
-
 def bucket_differences(runs: dict[str, list[dict]]) -> dict[str, list[dict]]:
     """Per arm other than CE, per training-frequency bucket: the paired difference of validation CE (arm - CE, same
     seed) with its mean and 95% t-interval, and the bucket's validation token count. Empty without a CE arm or
@@ -576,10 +564,7 @@ def plot_bucket_differences(runs: dict[str, list[dict]], path: Path) -> Path | N
     differences = bucket_differences(runs)
     if not differences:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     figure, axis = plt.subplots(figsize=(7.5, 4.6))
     rows = next(iter(differences.values()))
@@ -600,11 +585,7 @@ def plot_bucket_differences(runs: dict[str, list[dict]], path: Path) -> Path | N
              title="Validation CE by training frequency against CE (mean, 95% t-interval)")
     axis.grid(True, axis="y", alpha=0.3)
     axis.legend(fontsize=8)
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path)
 
 
 def _eval_curve(result: dict) -> list[tuple[int, float]]:
@@ -655,10 +636,7 @@ def plot_validation_curves(runs: dict[str, list[dict]], path: Path) -> Path | No
     """Validation CE per evaluation step (mean over seeds, band = range), from the training logs; None without any."""
     if not any(_eval_curve(r) for rs in runs.values() for r in rs):
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     figure, axis = plt.subplots(figsize=(7.5, 4.6))
     for results in runs.values():
@@ -674,11 +652,7 @@ def plot_validation_curves(runs: dict[str, list[dict]], path: Path) -> Path | No
              title="Validation CE during training (mean over seeds, band = range)")
     axis.grid(True, alpha=0.3)
     axis.legend(fontsize=8)
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path)
 
 
 def write_report(task: str, task_dir: Path, report: Path, command: str, base_dirs: tuple[Path, ...] = ()) -> Path:

@@ -128,10 +128,9 @@ def test_bucket_differences_pair_each_bucket_seed_by_seed(tmp_path):
     assert rows[">100"]["differences"] == pytest.approx([0.2, 0.3, 0.1])
     assert rows[">100"]["low"] == pytest.approx(0.2 - 0.24842, abs=1e-5)
     assert rows[">100"]["high"] == pytest.approx(0.2 + 0.24842, abs=1e-5)
-    for name in ("results.json", "train.json"):
-        (tmp_path / "alpha-0" / "seed-0" / name).unlink()
-        (tmp_path / "alpha-0" / "seed-1" / name).unlink()
-        (tmp_path / "alpha-0" / "seed-2" / name).unlink()
+    for seed in range(3):
+        for name in ("results.json", "train.json"):
+            (tmp_path / "alpha-0" / f"seed-{seed}" / name).unlink()
     assert bucket_differences(load_runs(tmp_path)) == {}  # no CE arm: nothing to pair with
 
 
