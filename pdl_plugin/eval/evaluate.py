@@ -25,6 +25,7 @@ import torch
 
 from ..errors import PDLConfigError
 from ..frequency import FrequencyTable, tokenizer_fingerprint
+from ..recipe import first_rows, load_recipe_datasets
 from . import metrics
 from .execution import pass_at_1
 from .generation import CODE_STOP_SEQUENCES, Example, Generation, generate, preparation_args, validation_examples
@@ -56,8 +57,6 @@ class EvalSettings:
 
 def load_validation_split(recipe):
     """The recipe's validation split (its `dataset_test_split`), whatever its `eval_strategy` says."""
-    from ..recipe import load_recipe_datasets
-
     training = recipe.training
     saved = training.eval_strategy
     training.eval_strategy = "steps"  # only read by load_recipe_datasets, to decide whether to return the eval split
@@ -81,7 +80,7 @@ def evaluate_model(model, tokenizer, recipe, table: FrequencyTable, settings: Ev
     if validation_dataset is None:
         _, validation_dataset = load_validation_split(recipe)
     split = recipe.script.dataset_test_split
-    validation = validation_dataset.select(range(min(settings.max_prompts, len(validation_dataset))))
+    validation = first_rows(validation_dataset, settings.max_prompts)
     task, task_reason = resolve_task_type(settings.task_type, recipe, validation)
     examples = validation_examples(validation, tokenizer, settings.max_prompts, args=recipe.training)
     epsilon = recipe.training.pdl_epsilon

@@ -15,6 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import PDLConfigError
+from ..recipe import first_rows
 
 # Where a function-completion generation ends: the next top-level statement (HumanEval's stop sequences)
 CODE_STOP_SEQUENCES = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
@@ -62,7 +63,7 @@ def validation_examples(dataset, tokenizer, max_prompts: int | None = None, args
     `args` (an `SFTConfig`; default: TRL's defaults), see `training_prompt_ids`.
     """
     columns = set(dataset.column_names)
-    rows = dataset.select(range(min(len(dataset), max_prompts))) if max_prompts else dataset
+    rows = first_rows(dataset, max_prompts) if max_prompts else dataset
     if "messages" in columns:
         keep = [i for i, row in enumerate(rows) if _last_assistant(row["messages"]) is not None]
         rows = rows.select(keep) if len(keep) < len(rows) else rows
