@@ -25,7 +25,6 @@ import torch
 
 from ..errors import PDLConfigError
 from ..frequency import FrequencyTable, tokenizer_fingerprint
-from ..recipe import first_rows, load_recipe_datasets
 from . import metrics
 from .execution import pass_at_1
 from .generation import CODE_STOP_SEQUENCES, Example, Generation, generate, preparation_args, validation_examples
@@ -57,6 +56,8 @@ class EvalSettings:
 
 def load_validation_split(recipe):
     """The recipe's validation split (its `dataset_test_split`), whatever its `eval_strategy` says."""
+    from ..recipe import load_recipe_datasets
+
     training = recipe.training
     saved = training.eval_strategy
     training.eval_strategy = "steps"  # only read by load_recipe_datasets, to decide whether to return the eval split
@@ -73,6 +74,8 @@ def evaluate_model(model, tokenizer, recipe, table: FrequencyTable, settings: Ev
 
     `train_dataset` is accepted for compatibility and not used: the validation losses need only the validation rows.
     """
+    from ..recipe import first_rows  # here, not at the top: pdl_plugin.recipe imports TRL (seconds)
+
     settings = settings or EvalSettings()
     started, cpu_started = time.perf_counter(), time.process_time()
     vocab_rows = model.get_output_embeddings().weight.shape[0]

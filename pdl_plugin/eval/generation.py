@@ -15,7 +15,6 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import PDLConfigError
-from ..recipe import first_rows
 
 # Where a function-completion generation ends: the next top-level statement (HumanEval's stop sequences)
 CODE_STOP_SEQUENCES = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
@@ -62,6 +61,8 @@ def validation_examples(dataset, tokenizer, max_prompts: int | None = None, args
     prompt ids are the trained context of the reference in TRL's preparation of the row with the training settings
     `args` (an `SFTConfig`; default: TRL's defaults), see `training_prompt_ids`.
     """
+    from ..recipe import first_rows  # here, not at the top: pdl_plugin.recipe imports TRL (seconds)
+
     columns = set(dataset.column_names)
     rows = first_rows(dataset, max_prompts) if max_prompts else dataset
     if "messages" in columns:
