@@ -112,20 +112,43 @@ def read_recipe_file(path: str | Path) -> dict:
         raise PDLConfigError(f"Recipe {path} is not valid YAML: {err}") from None
     if not isinstance(config, dict):
         raise PDLConfigError(f"Recipe {path} must be a YAML mapping of `key: value` lines.")
-    check_keys(config, source=f"recipe {path}")
+    check_keys(config, source=f"in recipe {path}")
     return config
+
+
+_LOCAL_DATA_KEYS = ("data_files", "data_dir")
 
 
 def check_keys(config: dict, source: str) -> None:
     keys = known_keys() | {"env"}
     for key in config:
         if key not in keys:
-            close = difflib.get_close_matches(str(key), keys, n=1)
-            hint = f" Did you mean `{close[0]}`?" if close else ""
-            raise PDLConfigError(
-                f"Unknown key `{key}` in {source}: it is not a field of TRL's ScriptArguments, SFTConfig, ModelConfig, "
-                f"DatasetMixtureConfig nor of the PDL settings.{hint} Remove or rename it."
-            )
+            raise PDLConfigError(_unknown_key_message(str(key), keys, source))
+
+
+def check_command_line_options(argv: list[str]) -> None:
+    """Refuse an unknown `--option` with the recipe file's message (and its "did you mean"), not argparse's list.
+
+    What argparse accepts stays accepted: an exact option, or a prefix of one (its abbreviations)."""
+    options = {option for action in _parser()._actions for option in action.option_strings}
+    for token in argv:
+        if token == "--":
+            break
+        name = token.split("=", 1)[0]
+        if not name.startswith("--") or name == "--config" or any(option.startswith(name) for option in options):
+            continue
+        raise PDLConfigError(_unknown_key_message(name[2:].replace("-", "_"), known_keys(), "on the command line", "--"))
+
+
+def _unknown_key_message(key: str, keys: set[str], source: str, prefix: str = "") -> str:
+    if key in _LOCAL_DATA_KEYS:  # `load_dataset` takes them, TRL's recipes do not: say where they go
+        hint = (" Local files go in a `datasets:` mixture, as TRL reads them: `datasets: [{path: json, data_files: "
+                "train.jsonl}]`, or set `dataset_name` to a folder of data files.")
+    else:
+        close = difflib.get_close_matches(key, keys, n=1)
+        hint = f" Did you mean `{prefix}{close[0]}`?" if close else ""
+    return (f"Unknown key `{prefix}{key}` {source}: it is not a field of TRL's ScriptArguments, SFTConfig, "
+            f"ModelConfig, DatasetMixtureConfig nor of the PDL settings.{hint} Remove or rename it.")
 
 
 def parse_recipe(argv: list[str]) -> Recipe:
@@ -136,6 +159,7 @@ def parse_recipe(argv: list[str]) -> Recipe:
         if index + 1 >= len(argv):
             raise PDLConfigError("`--config` needs a recipe path, e.g. `--config recipes/offline/dialogue_lora.yaml`.")
         read_recipe_file(argv[index + 1])
+    check_command_line_options(argv)
     saved_argv = sys.argv
     sys.argv = [saved_argv[0], *argv]
     try:

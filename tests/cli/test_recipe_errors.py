@@ -35,6 +35,7 @@ def test_command_line_overrides_the_recipe():
     [
         ("loss_type: pdl\npdl_alhpa: 0.5\n", r"Unknown key `pdl_alhpa`.*Did you mean `pdl_alpha`"),
         ("loss_type: pdl\nfancy_option: 1\n", r"Unknown key `fancy_option`"),
+        ("loss_type: pdl\ndata_files: train.jsonl\n", r"Unknown key `data_files`.*`datasets:` mixture.*path: json"),
         ("- just\n- a list\n", "must be a YAML mapping"),
         ("loss_type: [unclosed\n", "not valid YAML"),
         ("model_name_or_path: x\noutput_dir: o\nloss_type: pdl\npdl_alpha: strong\n", r"--pdl_alpha.*invalid float value: 'strong'"),
@@ -51,6 +52,24 @@ def test_bad_recipes_are_refused_with_a_message(tmp_path, text, message):
 def test_bad_command_line_value_is_refused():
     with pytest.raises(PDLConfigError, match="pdl_alpha"):
         parse_recipe(["--config", str(MAIN_RECIPE), "--pdl_alpha", "abc"])
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--pdl_alpah", "0.5"], r"Unknown key `--pdl_alpah` on the command line.*Did you mean `--pdl_alpha`"),
+        (["--max-stpes=3"], r"Unknown key `--max_stpes` on the command line.*Did you mean `--max_steps`"),
+        (["--data_files", "train.jsonl"], r"Unknown key `--data_files`.*`datasets:` mixture"),
+    ],
+)
+def test_unknown_command_line_option_is_refused_with_a_suggestion(option, message):
+    with pytest.raises(PDLConfigError, match=message):
+        parse_recipe(["--config", str(MAIN_RECIPE), *option])
+
+
+def test_command_line_abbreviations_that_argparse_accepts_still_work():
+    recipe = parse_recipe(["--config", str(MAIN_RECIPE), "--learning_rat", "1e-4", "--pdl-epsil=1e-5"])
+    assert (recipe.training.learning_rate, recipe.training.pdl_epsilon) == (1e-4, 1e-5)
 
 
 def test_missing_recipe_file_is_refused(tmp_path):
