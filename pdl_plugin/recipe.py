@@ -126,18 +126,15 @@ def check_keys(config: dict, source: str) -> None:
             raise PDLConfigError(_unknown_key_message(str(key), keys, source))
 
 
-def check_command_line_options(argv: list[str]) -> None:
-    """Refuse an unknown `--option` with the recipe file's message (and its "did you mean"), not argparse's list.
-
-    What argparse accepts stays accepted: an exact option, or a prefix of one (its abbreviations)."""
-    options = {option for action in _parser()._actions for option in action.option_strings}
-    for token in argv:
-        if token == "--":
-            break
-        name = token.split("=", 1)[0]
-        if not name.startswith("--") or name == "--config" or any(option.startswith(name) for option in options):
-            continue
-        raise PDLConfigError(_unknown_key_message(name[2:].replace("-", "_"), known_keys(), "on the command line", "--"))
+def check_unused_options(unused: list[str], source: str) -> None:
+    """Refuse what the parser left unused (an unknown `--option`, a stray value) with the recipe file's message and
+    its "did you mean", instead of HfArgumentParser's list of unused arguments."""
+    for token in unused:
+        if token.startswith("--") and len(token) > 2:
+            key = token[2:].split("=", 1)[0].replace("-", "_")
+            raise PDLConfigError(_unknown_key_message(key, known_keys(), source, "--"))
+    if unused:
+        raise PDLConfigError(f"Unexpected {' '.join(unused)!r} {source}: every override is `--key value`.")
 
 
 def _unknown_key_message(key: str, keys: set[str], source: str, prefix: str = "") -> str:
@@ -159,17 +156,20 @@ def parse_recipe(argv: list[str]) -> Recipe:
         if index + 1 >= len(argv):
             raise PDLConfigError("`--config` needs a recipe path, e.g. `--config recipes/offline/dialogue_lora.yaml`.")
         read_recipe_file(argv[index + 1])
-    check_command_line_options(argv)
     saved_argv = sys.argv
     sys.argv = [saved_argv[0], *argv]
     try:
-        script, training, model, datasets = _parser().parse_args_and_config(args=argv)
+        script, training, model, datasets, unused_in_file, unused = _parser().parse_args_and_config(
+            args=argv, return_remaining_strings=True, separate_remaining_strings=True
+        )
     except PDLError:
         raise
     except ValueError as err:  # TRL's and transformers' own validation, e.g. bf16 asked for on a CPU
         raise PDLConfigError(f"The recipe's settings are invalid: {err}") from None
     finally:
         sys.argv = saved_argv
+    check_unused_options(unused_in_file, "in the recipe file")  # none: read_recipe_file checked its keys
+    check_unused_options(unused, "on the command line")
     model.model_name_or_path = resolve_model(model.model_name_or_path)
     training.resume_from_checkpoint = _resume_value(training.resume_from_checkpoint)
     return Recipe(script, training, model, datasets)

@@ -60,6 +60,7 @@ def test_bad_command_line_value_is_refused():
         (["--pdl_alpah", "0.5"], r"Unknown key `--pdl_alpah` on the command line.*Did you mean `--pdl_alpha`"),
         (["--max-stpes=3"], r"Unknown key `--max_stpes` on the command line.*Did you mean `--max_steps`"),
         (["--data_files", "train.jsonl"], r"Unknown key `--data_files`.*`datasets:` mixture"),
+        (["--max_steps", "3", "stray"], r"Unexpected 'stray' on the command line: every override is `--key value`"),
     ],
 )
 def test_unknown_command_line_option_is_refused_with_a_suggestion(option, message):
