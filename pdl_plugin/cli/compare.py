@@ -105,7 +105,8 @@ def compare(argv: list[str]) -> Path:
             else:
                 todo.append((index, arm, seed, folder, kept))
         if shard[1] > 1:
-            console.print(f"Shard {shard[0]}/{shard[1]} (every {shard[1]}th run of the plan from run {shard[0]}): "
+            share = ", ".join(str(index) for index in range(1, len(plan) + 1) if in_share(index, shard))
+            console.print(f"Shard {shard[0]}/{shard[1]} (runs {share} of {len(plan)}): "
                           f"{len(todo)} to do" + "".join(f", {arm.name} seed {seed}" for _, arm, seed, _, _ in todo))
         for index, arm, seed, folder, kept in todo:
             console.print(f"[bold][{index}/{len(plan)}] {task} {arm.name} seed {seed}[/]: {folder}")

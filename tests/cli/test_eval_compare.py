@@ -209,7 +209,7 @@ def test_pdl_compare_keeps_small_results_and_resumes_from_them(tmp_path):
     assert "**alpha 1 − CE**" in text and "| val CE |" in text and "| alpha 0 (CE baseline) | 1 |" in text
 
 
-def test_pdl_compare_shards_split_the_plan_without_overlap(tmp_path):
+def test_pdl_compare_shards_split_the_plan_without_overlap(tmp_path, capsys):
     """--shard 1/2 and 2/2 take every other run of the plan (seed by seed: alpha-0 s3, alpha-1 s3, alpha-0 s4,
     alpha-1 s4), whatever is finished already and in whichever order they start; a kept run is skipped."""
     recipe = _recipe(tmp_path)
@@ -223,6 +223,7 @@ def test_pdl_compare_shards_split_the_plan_without_overlap(tmp_path):
 
     compare([*argv, "--seeds", "3", "--alphas", "0"])  # run 1 of the plan is finished before the shards start
     compare([*argv, "--shard", "2/2"])  # runs 2 and 4
+    assert "Shard 2/2 (runs 2, 4 of 4): 2 to do, alpha-1 seed 3, alpha-1 seed 4" in capsys.readouterr().out
     assert finished() == ["alpha-0/seed-3", "alpha-1/seed-3", "alpha-1/seed-4"]
     report = compare([*argv, "--shard", "1/2"])  # runs 1 (kept: skipped) and 3
     assert finished() == ["alpha-0/seed-3", "alpha-0/seed-4", "alpha-1/seed-3", "alpha-1/seed-4"]
