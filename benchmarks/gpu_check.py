@@ -190,7 +190,7 @@ def train_run(case: Case, variant: str, folder: Path, args, work_dir: Path) -> d
     steps = args.warmup_steps + args.timed_steps
     common = dict(
         output_dir=str(work_dir / f"run-{variant}"), max_length=case.seq, per_device_train_batch_size=case.batch,
-        gradient_accumulation_steps=1, gradient_checkpointing=recipe.get("gradient_checkpointing", False),
+        gradient_accumulation_steps=1, activation_checkpointing=recipe.get("activation_checkpointing", False),
         bf16=not cpu and recipe.get("bf16", True), use_cpu=cpu, learning_rate=recipe.get("learning_rate", 1e-4),
         lr_scheduler_type="constant", max_steps=steps, logging_steps=steps, save_strategy="no", eval_strategy="no",
         report_to=[], disable_tqdm=True, seed=0, dataloader_num_workers=0,
