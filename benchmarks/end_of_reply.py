@@ -72,15 +72,12 @@ def main(argv: list[str] | None = None) -> None:
     from pdl_plugin.eval.generation import preparation_args
     from pdl_plugin.frequency import TABLE_FILENAME, FrequencyTable
     from pdl_plugin.preparation import prepare_like_sft_trainer
-    from pdl_plugin.recipe import parse_recipe
+    from pdl_plugin.recipe import first_rows, parse_recipe
 
     recipe = parse_recipe(["--config", options.config])
     _, validation = load_validation_split(recipe)
-    validation = validation.select(range(min(options.max_rows, len(validation))))
-    lines = [
-        f"End-of-reply token on the first {len(validation)} validation rows of `{options.config}` "
-        "(`python benchmarks/end_of_reply.py`)",
-        "",
+    validation = first_rows(validation, options.max_rows)
+    rows = [
         "| adapter | end-of-reply CE | mean p(end) | CE of the other tokens | CE, all | end positions' share "
         "of the CE | end token's share of the training table (rank) |",
         "|---|---|---|---|---|---|---|",
@@ -93,14 +90,16 @@ def main(argv: list[str] | None = None) -> None:
         targets, nll = token_nll(model, prepared)
         result = summarize(targets, nll, end_of_reply_mask(r["labels"] for r in prepared), table.counts.numpy())
         names = ", ".join(tokenizer.convert_ids_to_tokens(result["end_tokens"])).replace("|", "\\|")  # markdown cells
-        lines.append(
+        rows.append(
             f"| {adapter} | {result['end_ce']:.3f} | {result['end_probability']:.3g} | {result['other_ce']:.3f} | "
             f"{result['ce']:.3f} | {result['end_share_of_ce']:.1%} | {names}: {result['end_share_of_table']:.2%} "
             f"({result['end_rank_in_table']}) |"
         )
-        print(lines[-1], flush=True)
+        print(rows[-1], flush=True)
         del model
-    text = "\n".join(lines) + "\n"
+    title = (f"End-of-reply token on the first {options.max_rows} validation rows of `{options.config}` "
+             f"({result['rows']} with a trained token; `python benchmarks/end_of_reply.py`)")
+    text = "\n".join([title, "", *rows]) + "\n"
     print(text)
     if options.output:
         Path(options.output).write_text(text)
