@@ -16,10 +16,15 @@ def pyplot():
 
 
 def save_figure(figure, path: str | Path, dpi: int = 100) -> Path:
-    """Lay out `figure`, write it to `path` (parent folders created) and free it; returns the path."""
+    """Lay out `figure`, write it to `path` (parent folders created; written whole or not at all, so two processes
+    that redraw one figure never leave a broken one) and free it; returns the path."""
+    from .files import write_atomically
+
     path = Path(path)
     figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=dpi)
-    pyplot().close(figure)
+    try:
+        write_atomically(path, lambda tmp: figure.savefig(tmp, dpi=dpi, format=path.suffix.lstrip(".") or "png"),
+                         "figure")
+    finally:
+        pyplot().close(figure)
     return path

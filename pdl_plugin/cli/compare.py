@@ -7,8 +7,11 @@ distribution against the references'. `--alpha_warmup_steps N` adds one arm whos
 Resumable: finished runs are not redone. With `--results_dir DIR` each finished run's small results (`train.json`,
 `results.json`; not the adapter) go to `DIR/<task>/<arm>/seed-<s>/`, runs whose results are there are skipped (commit
 them to resume a study on another machine), and the report is made from them. Runs go seed by seed (every arm of
-seed 0 first), so a study cut short leaves whole paired sets. `--shard I/N` takes every N-th run of the plan from the
-I-th: the same command started N times with one thread each uses N cores, and no two ever take the same run.
+seed 0 first), so a study cut short leaves whole paired sets. The same command started N times on one machine (one
+thread each: OMP_NUM_THREADS=1) uses N cores: each process holds the run it trains through a lock file beside the
+run's folder and goes on to the next run nobody holds, so no two take the same run and none idles while runs are
+left. `--shard I/N` takes only every N-th run of the plan from the I-th, to split a study between machines that share
+no folder (commit the results to bring them together).
 `--checkpoint_steps N` keeps each run's last checkpoint, so that a run cut off resumes from it. Any other
 `--key value` is passed on to the recipe (e.g. `--max_steps 10`).
 """
@@ -40,8 +43,8 @@ _OVERRIDES_REFUSED = ("--output_dir", "--pdl_alpha", "--seed", "--loss_type", "-
 
 
 def compare(argv: list[str]) -> Path:
-    from ..eval.compare import (Arm, DONE, copy_results, has_results, parse_alphas, parse_seeds, parse_shard, run_dir,
-                                run_one, in_share, study_plan, write_report)
+    from ..eval.compare import (Arm, hold_run, in_share, is_finished, parse_alphas, parse_seeds,
+                                parse_shard, run_dir, run_one, study_plan, write_report)
 
     parser = eval_arguments(_Parser(prog="pdl-compare", usage=USAGE))
     parser.add_argument("--config", required=True)
@@ -58,8 +61,8 @@ def compare(argv: list[str]) -> Path:
     parser.add_argument("--report", default=None, help="default: OUTDIR/TASK/report.md")
     parser.add_argument("--report_only", action="store_true", help="only rebuild the report from finished runs")
     parser.add_argument("--shard", default=None, metavar="I/N",
-                        help="run only every N-th run of the plan, from the I-th: start the same command N times "
-                        "(--shard 1/N ... N/N, one thread each: OMP_NUM_THREADS=1) to use N cores")
+                        help="run only every N-th run of the plan, from the I-th, to split a study between machines "
+                        "(on one machine, start the same command N times instead: they share the runs out as they go)")
     parser.add_argument("--checkpoint_steps", type=int, default=0, metavar="N",
                         help="keep each run's last checkpoint every N steps, so that a run cut off (a session that "
                         "ends, a machine taken back) resumes from it; default 0: no checkpoints, a cut run starts again")
@@ -90,30 +93,33 @@ def compare(argv: list[str]) -> Path:
         settings = settings_from(options, recipe)
         reference_alpha = options.reference_alpha if options.reference_alpha is not None else recipe.training.pdl_alpha
         plan = study_plan(arms, seeds)
-        todo, share = [], []
+        todo = []
         for index, (arm, seed) in enumerate(plan, 1):
             if not in_share(index, shard):
                 continue
-            share.append(str(index))
+            name = f"[{index}/{len(plan)}] {task} {arm.name} seed {seed}"
             folder = run_dir(options.outdir, task, arm, seed)
             kept = run_dir(options.results_dir, task, arm, seed) if options.results_dir else None
-            if kept is not None and has_results(kept):
-                console.print(f"[{index}/{len(plan)}] {task} {arm.name} seed {seed}: results in {kept}, skipped")
-            elif (folder / DONE).is_file() and has_results(folder):
-                if kept is not None:
-                    copy_results(folder, kept)
-                console.print(f"[{index}/{len(plan)}] {task} {arm.name} seed {seed}: done already, skipped")
+            if is_finished(folder, kept):  # copies a finished run's results to the results folder
+                console.print(f"{name}: results in {kept or folder}, skipped")
             else:
-                todo.append((index, arm, seed, folder, kept))
+                todo.append((name, arm, seed, folder, kept))
         if shard[1] > 1:
-            console.print(f"Shard {shard[0]}/{shard[1]} (runs {', '.join(share)} of {len(plan)}): "
-                          f"{len(todo)} to do" + "".join(f", {arm.name} seed {seed}" for _, arm, seed, _, _ in todo))
-        for index, arm, seed, folder, kept in todo:
-            console.print(f"[bold][{index}/{len(plan)}] {task} {arm.name} seed {seed}[/]: {folder}")
-            started = time.perf_counter()
-            run_one(options.config, overrides, folder, arm, seed, settings, reference_alpha, log=console.print,
-                    results_folder=kept, checkpoint_steps=options.checkpoint_steps)
-            console.print(f"[{index}/{len(plan)}] finished in {time.perf_counter() - started:.0f} s")
+            share = [str(index) for index in range(1, len(plan) + 1) if in_share(index, shard)]
+            console.print(f"Shard {shard[0]}/{shard[1]} (runs {', '.join(share)} of {len(plan)}): {len(todo)} to do"
+                          + "".join(f", {arm.name} seed {seed}" for _, arm, seed, _, _ in todo))
+        for name, arm, seed, folder, kept in todo:
+            with hold_run(folder) as held:
+                if not held:
+                    console.print(f"{name}: running in another process, skipped")
+                elif is_finished(folder, kept):  # by another process, since this one looked
+                    console.print(f"{name}: finished by another process, skipped")
+                else:
+                    console.print(f"[bold]{name}[/]: {folder}")
+                    started = time.perf_counter()
+                    run_one(options.config, overrides, folder, arm, seed, settings, reference_alpha,
+                            log=console.print, results_folder=kept, checkpoint_steps=options.checkpoint_steps)
+                    console.print(f"{name}: finished in {time.perf_counter() - started:.0f} s")
     path = write_report(task, source_dir, report, command, base_dirs=(task_dir,))
     console.print(f"Report: {path}")
     return path

@@ -20,12 +20,15 @@ import json
 import math
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from filelock import FileLock, Timeout
 
 from ..errors import PDLConfigError
+from ..files import write_atomically
 from ..figures import pyplot, save_figure
 from . import metrics
 
@@ -72,7 +75,7 @@ def parse_seeds(text: str) -> list[int]:
 
 
 def parse_shard(text: str | None) -> tuple[int, int]:
-    """`I/N` (this process takes the I-th of N shares of the runs still to do) as (I, N); None is the whole plan."""
+    """`I/N` (this process takes the I-th of N shares of the plan) as (I, N); None is the whole plan."""
     if text is None:
         return 1, 1
     try:
@@ -92,10 +95,30 @@ def study_plan(arms: list[Arm], seeds: list[int]) -> list[tuple[Arm, int]]:
 
 def in_share(position: int, shard: tuple[int, int]) -> bool:
     """Whether the run at `position` (1-based) of the plan belongs to shard I of N: every N-th run from the I-th on.
-    Shares follow the plan, not what is left of it, so N copies of one command never take the same run, whenever
-    each one starts or restarts."""
+    Shares follow the plan, not what is left of it, so N machines that share no folder never take the same run,
+    whenever each one starts or restarts."""
     index, count = shard
     return (position - 1) % count == index - 1
+
+
+@contextmanager
+def hold_run(folder: Path):
+    """Hold a run for this process, or learn that another process holds it: yields True (held until the block
+    ends) or False. N processes of one command on one machine thus share its plan out as they go, each taking the
+    next run nobody holds. The lock is a `filelock` lock file beside the run's folder, which the operating system
+    releases when its process ends, killed or not, so a run cut off never stays held."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(folder.parent / f"{folder.name}.lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        lock.release()
 
 
 def run_dir(outdir: Path, task: str, arm: Arm, seed: int) -> Path:
@@ -113,6 +136,18 @@ def copy_results(source: Path, destination: Path) -> None:
 
     for name in (TRAIN_FILE, RESULTS_FILE):
         write_json(Path(destination) / name, json.loads((Path(source) / name).read_text()))
+
+
+def is_finished(folder: Path, kept: Path | None) -> bool:
+    """Whether a run is finished: its results kept in the results folder, or a `done` run folder (whose results are
+    then copied to the results folder)."""
+    if kept is not None and has_results(kept):
+        return True
+    if (folder / DONE).is_file() and has_results(folder):
+        if kept is not None:
+            copy_results(folder, kept)
+        return True
+    return False
 
 
 TIMING_FILE = "study_timing.json"  # in each checkpoint: wall and CPU seconds of training up to that checkpoint
@@ -736,6 +771,5 @@ def write_report(task: str, task_dir: Path, report: Path, command: str, base_dir
     if validation_png is not None:
         lines += [f"![{task} validation curves]({rel(validation_png)})", ""]
     lines += [f"![{task} frequency ranks]({rel(rank_png)})", ""]
-    report.parent.mkdir(parents=True, exist_ok=True)
-    report.write_text("\n".join(lines) + "\n")
-    return report
+    text = "\n".join(lines) + "\n"
+    return write_atomically(report, lambda tmp: Path(tmp).write_text(text), "report")

@@ -1,6 +1,10 @@
 """`pdl-eval` and `pdl-compare` end to end on the embedded SmolLM2 with a tiny local data set (a few CPU seconds)."""
 
 import json
+import os
+import re
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -229,6 +233,48 @@ def test_pdl_compare_shards_split_the_plan_without_overlap(tmp_path, capsys):
     report = compare([*argv, "--shard", "1/2"])  # runs 1 (kept: skipped) and 3
     assert finished() == ["alpha-0/seed-3", "alpha-0/seed-4", "alpha-1/seed-3", "alpha-1/seed-4"]
     assert "--shard" not in report.read_text()
+
+
+def test_pdl_compare_skips_a_run_that_another_process_holds(tmp_path, capsys):
+    """A run whose lock file another process holds is left to it (not trained, no results written here); once the
+    lock is free, a rerun trains it and skips the finished one."""
+    from filelock import FileLock
+
+    out = tmp_path / "out"
+    argv = ["--config", _recipe(tmp_path), "--alphas", "0,1", "--seeds", "3", "--max_prompts", "1",
+            "--max_new_tokens", "2", "--max_steps", "1", "--task", "toy", "--no_sampled", "--outdir", str(out)]
+    (out / "toy/alpha-1").mkdir(parents=True)
+    other = FileLock(out / "toy/alpha-1/seed-3.lock")  # what a second pdl-compare holds while it trains the run
+    other.acquire(timeout=0)
+    try:
+        compare(argv)
+    finally:
+        other.release()
+    text = " ".join(capsys.readouterr().out.split())
+    assert "toy alpha-1 seed 3: running in another process, skipped" in text
+    assert (out / "toy/alpha-0/seed-3/results.json").is_file()
+    assert not (out / "toy/alpha-1/seed-3").exists()
+    compare(argv)
+    text = " ".join(capsys.readouterr().out.split())
+    assert "toy alpha-0 seed 3: results in" in text and "alpha-0 seed 3: finished" not in text  # not redone
+    assert "toy alpha-1 seed 3: finished in" in text and (out / "toy/alpha-1/seed-3/results.json").is_file()
+
+
+def test_two_pdl_compare_processes_share_the_plan_out(tmp_path):
+    """The same command started twice at once: every run is trained by exactly one of the two processes, and
+    together they finish the plan (what the two one-thread processes of benchmarks/study.sh rely on)."""
+    results = tmp_path / "results"
+    command = [sys.executable, "-m", "pdl_plugin.cli.compare", "--config", _recipe(tmp_path), "--alphas", "0,0.5,1",
+               "--seeds", "3", "--max_prompts", "1", "--max_new_tokens", "2", "--max_steps", "1", "--task", "toy",
+               "--no_sampled", "--outdir", str(tmp_path / "out"), "--results_dir", str(results)]
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
+    processes = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                  env=environment) for _ in range(2)]
+    outputs = [process.communicate(timeout=600)[0] for process in processes]
+    assert [process.returncode for process in processes] == [0, 0], outputs
+    trained = sorted(re.findall(r"toy (alpha-[0-9.]+) seed 3: finished in", "\n".join(outputs)))
+    assert trained == ["alpha-0", "alpha-0.5", "alpha-1"], outputs  # each once, whichever process took it
+    assert all((results / f"toy/{arm}/seed-3/results.json").is_file() for arm in trained)
 
 
 def test_pdl_compare_resumes_a_run_cut_off_mid_training_from_its_checkpoint(tmp_path, monkeypatch):
