@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 
 from ..errors import PDLError
+
+_LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
 
 
 def missing_trl_host() -> str | None:
@@ -56,9 +59,20 @@ def stop_with_error(message: str) -> None:
 
 def run_cli(main_fn, argv: list[str] | None) -> None:
     """Run a console entry point: our errors print one `error:` line and exit 2, never a traceback."""
+    configure_logging()
     try:
         main_fn(sys.argv[1:] if argv is None else argv)
         return
     except PDLError as err:
         message = str(err)
     stop_with_error(message)  # outside the except: the exit carries no chained traceback
+
+
+
+def configure_logging() -> None:
+    """Give the process's logging one format, `WARNING pdl_plugin.recipe: ...`, as an application's entry point
+    does (`logging.basicConfig`, warnings and worse, stderr). Without it our warnings went to Python's last-resort
+    handler (bare text) until a library configured the root logger itself (ROUGE's absl calls `basicConfig()` when
+    it first logs), and came as `WARNING:pdl_plugin.recipe:...` after that: two looks for one message in one run.
+    A root logger configured already (by the caller, or pytest) is left as it is."""
+    logging.basicConfig(format=_LOG_FORMAT, level=logging.WARNING)
