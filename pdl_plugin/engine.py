@@ -42,7 +42,9 @@ class PDLEngine:
 
     `masking` is how this run selects its trained tokens ('assistant_only', 'completion_only', ...); a table counted
     with another masking is used (it may be intended) with a warning, and both are recorded in `pdl_config.json`.
-    `recount_command` is the host's command that counts a table, quoted in error messages.
+    `special_token_ids` are the tokenizer's special tokens (`tokenizer.all_special_ids`), exempt from the reweighting
+    with `pdl_exempt_special_tokens`. `recount_command` is the host's command that counts a table, quoted in error
+    messages.
     """
 
     def __init__(
@@ -52,6 +54,7 @@ class PDLEngine:
         *,
         host: str,
         masking: str | None = None,
+        special_token_ids: Iterable[int] = (),
         recount_command: str = "pdl-freq --config RECIPE.yaml --output TABLE",
         log: logging.Logger = logger,
     ) -> None:
@@ -69,6 +72,7 @@ class PDLEngine:
             )
             raise PDLConfigError(f"{source} counts no trained token (every label is -100), so PDL has nothing to "
                                  f"weight. {fix}")
+        self.exempt_ids = self._exempt_ids(special_token_ids)
         self.weights = self._weights_for_alpha(settings.pdl_alpha)
         self._check_weights()
         few = few_trained_ids_warning(table)
@@ -95,6 +99,7 @@ class PDLEngine:
         tokenizer_fingerprint: str,
         masking: str,
         table_extra: dict[str, str] | None = None,
+        special_token_ids: Iterable[int] = (),
         recount_command: str = "pdl-freq --config RECIPE.yaml --output TABLE",
         log: logging.Logger = logger,
     ) -> PDLEngine:
@@ -112,13 +117,31 @@ class PDLEngine:
             counts = count_trained_tokens(train_dataset, output_rows, desc="PDL: counting trained tokens")
             table = FrequencyTable(counts, tokenizer_fingerprint, masking, data_fingerprint(train_dataset),
                                    extra=dict(table_extra or {}))
-        return cls(settings, table, host=host, masking=masking, recount_command=recount_command, log=log)
+        return cls(settings, table, host=host, masking=masking, special_token_ids=special_token_ids,
+                   recount_command=recount_command, log=log)
 
     # ---- weights -------------------------------------------------------------------------------------------------
 
+    def _exempt_ids(self, special_token_ids: Iterable[int]) -> tuple[int, ...]:
+        """The rows that `pdl_exempt_special_tokens` exempts: the special tokens inside the model's output rows."""
+        if not self.settings.pdl_exempt_special_tokens:
+            return ()
+        rows = len(self.table.counts)
+        ids = tuple(sorted({int(i) for i in special_token_ids if 0 <= int(i) < rows}))
+        if not ids:
+            raise PDLConfigError(
+                "pdl_exempt_special_tokens is true, but the tokenizer declares no special token among the model's "
+                f"{rows} output rows, so nothing would be exempt. Check the tokenizer, or remove the setting."
+            )
+        trained = [i for i in ids if self.table.counts[i] > 0]
+        self._log.info("PDL: %d special tokens exempt from the reweighting (mean weight); trained among them: %s.",
+                       len(ids), trained or "none")
+        return ids
+
     def _weights_for_alpha(self, alpha: float) -> torch.Tensor:
         s = self.settings
-        return self.table.weights(alpha, s.pdl_epsilon, s.pdl_normalize, s.pdl_max_weight, s.pdl_unseen_weight)
+        return self.table.weights(alpha, s.pdl_epsilon, s.pdl_normalize, s.pdl_max_weight, s.pdl_unseen_weight,
+                                  self.exempt_ids)
 
     def _check_weights(self) -> None:
         """Refuse settings whose float32 weights would overflow, vanish, or make a step's weight sum overflow.
@@ -255,6 +278,7 @@ class PDLEngine:
             "table": TABLE_FILENAME,
             "table_masking": self.table.masking,
             "run_masking": self.masking,
+            "exempt_token_ids": list(self.exempt_ids),
             "host": self.host,
         }
 
@@ -290,6 +314,7 @@ class PDLEngine:
                 f"Cannot resume from {folder}: its PDL files are missing or damaged ({str(err).splitlines()[0]}). "
                 "The checkpoint was probably interrupted while saving: resume from an earlier checkpoint."
             ) from None
+        saved = {"pdl_exempt_special_tokens": False, **saved}  # saved before the setting existed: nothing exempt
         changed = [key for key in RESUME_KEYS if key in saved and saved[key] != getattr(self.settings, key)]
         if changed or not torch.equal(saved_table.counts, self.table.counts):
             what = (

@@ -6,7 +6,7 @@ import hashlib
 import json
 import numbers
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +34,21 @@ def tokenizer_fingerprint(tokenizer) -> str:
     """A hash of the token -> id map (added tokens included): two tokenizers that agree on it count alike."""
     vocab = sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])
     return hashlib.sha256(json.dumps(vocab, ensure_ascii=False).encode()).hexdigest()[:16]
+
+
+def special_token_ids(tokenizer) -> list[int]:
+    """The ids of a tokenizer's special tokens (eos, the chat template's end-of-turn token, ...), for
+    `pdl_exempt_special_tokens`. A processor (multimodal models) is asked for its tokenizer's."""
+    tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
+    return sorted(set(getattr(tokenizer, "all_special_ids", None) or []))
+
+
+def settings_weights(table: FrequencyTable, settings, tokenizer) -> torch.Tensor:
+    """The weights a run with these `PDLSettings` trains with at full alpha (for tables printed and plotted)."""
+    exempt = special_token_ids(tokenizer) if settings.pdl_exempt_special_tokens else ()
+    exempt = [i for i in exempt if i < len(table.counts)]
+    return table.weights(settings.pdl_alpha, settings.pdl_epsilon, settings.pdl_normalize, settings.pdl_max_weight,
+                         settings.pdl_unseen_weight, exempt)
 
 
 _COUNTS_TYPE_HELP = (
@@ -169,8 +184,9 @@ class FrequencyTable:
         normalize: str = "weighted",
         max_weight: float | None = None,
         unseen: str = "rarest",
+        exempt: Sequence[int] = (),
     ) -> torch.Tensor:
-        return token_weights_from_counts(self.counts, alpha, epsilon, normalize, max_weight, unseen)
+        return token_weights_from_counts(self.counts, alpha, epsilon, normalize, max_weight, unseen, exempt)
 
     # ---- compatibility ---------------------------------------------------------------------------------------------
 

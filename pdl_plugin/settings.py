@@ -77,6 +77,15 @@ class PDLSettings:
             "choices": list(UNSEEN_POLICIES),
         },
     )
+    pdl_exempt_special_tokens: bool = field(
+        default=False,
+        metadata={
+            "help": "Give the tokenizer's special tokens (the end-of-turn token such as <|im_end|>, eos) the mean "
+            "weight of a trained token instead of their PDL weight. The end-of-reply token is trained once per reply, "
+            "so it is among the most frequent trained tokens, PDL weights it down, and the model learns to stop less "
+            "(docs/results.md, 'Why PDL's replies run on'). Default false: equation (3) for every token."
+        },
+    )
     pdl_resume_without_table: bool = field(
         default=False,
         metadata={
@@ -103,7 +112,7 @@ SETTING_NAMES = tuple(f.name for f in dataclasses.fields(PDLSettings))
 DEFAULTS = {f.name: f.default for f in dataclasses.fields(PDLSettings)}
 # The settings that define the loss: resuming with any of them changed would change the loss mid-run
 RESUME_KEYS = ("pdl_alpha", "pdl_epsilon", "pdl_normalize", "pdl_max_weight", "pdl_alpha_warmup_steps",
-               "pdl_unseen_weight")
+               "pdl_unseen_weight", "pdl_exempt_special_tokens")
 
 
 # ---- checks ------------------------------------------------------------------------------------------------------
@@ -168,11 +177,14 @@ def validate_values(values: Mapping[str, Any]) -> dict[str, Any]:
         )
     _choice("pdl_normalize", values["pdl_normalize"], NORMALIZE_MODES)
     _choice("pdl_unseen_weight", values["pdl_unseen_weight"], UNSEEN_POLICIES)
-    if not isinstance(values["pdl_resume_without_table"], bool):
-        raise PDLConfigError(
-            f"pdl_resume_without_table must be true or false, got {values['pdl_resume_without_table']!r}."
-        )
+    for name in ("pdl_exempt_special_tokens", "pdl_resume_without_table"):
+        _check_bool(name, values[name])
     return out
+
+
+def _check_bool(name: str, value) -> None:
+    if not isinstance(value, bool):
+        raise PDLConfigError(f"{name} must be true or false, got {value!r}.")
 
 
 def check_keys(keys: Iterable[str], source: str) -> None:

@@ -21,7 +21,7 @@ from .config import PDLSFTConfig
 from .engine import PDLEngine
 from .errors import PDLConfigError
 from .files import write_json
-from .frequency import tokenizer_fingerprint
+from .frequency import special_token_ids, tokenizer_fingerprint
 from .hf_trainer import PDLTrainerMixin, shifted_labels
 from .preparation import check_dataset_columns, explain_template_errors, masking_mode
 from .quantization import guard_cpu_4bit_gradients
@@ -74,7 +74,8 @@ class PDLSFTTrainer(PDLTrainerMixin, SFTTrainer):
         engine = PDLEngine.for_training_set(
             self.args.pdl_settings, host="trl", train_dataset=self.train_dataset,
             output_rows=core.get_output_embeddings().weight.shape[0],
-            tokenizer_fingerprint=tokenizer_fingerprint(self._tokenizer), masking=masking, log=logger,
+            tokenizer_fingerprint=tokenizer_fingerprint(self._tokenizer), masking=masking,
+            special_token_ids=special_token_ids(self._tokenizer), log=logger,
         )
         self._pdl_connect(engine, core, fallback="TRL's fused LM head scores every position",
                           blocker="MoE auxiliary loss is on" if self.aux_loss_enabled else None)

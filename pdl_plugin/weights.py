@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 
@@ -29,6 +30,7 @@ def token_weights_from_counts(
     normalize: str = "weighted",
     max_weight: float | None = None,
     unseen: str = "rarest",
+    exempt: Sequence[int] = (),
 ) -> torch.Tensor:
     """The per-vocabulary-row weights the loss uses, from raw counts of trained tokens.
 
@@ -37,8 +39,12 @@ def token_weights_from_counts(
     the rarest counted token (a token unseen in training is not infinitely informative; with equation (3) as it
     stands, epsilon 1e-6 and alpha 0.75 it would weigh ~31,600, more than a whole reply), ``"formula"`` keeps
     equation (3), ``epsilon ** -alpha``. ``max_weight`` caps a weight at that multiple of the mean weight of the
-    counted tokens. With ``normalize="token"`` the weights are then rescaled so that their mean over the counted tokens
-    is exactly 1, so the loss is on the scale of plain cross-entropy.
+    counted tokens. The rows in ``exempt`` (the special tokens, with `pdl_exempt_special_tokens`) then get the mean
+    weight of a counted token, so that each of their occurrences counts as much, against the average trained token, as
+    under plain cross-entropy: the end-of-reply token is trained once per reply, so it is among the most frequent
+    trained tokens, and PDL's weight for it teaches the model to stop less. With ``normalize="token"`` the weights are
+    finally rescaled so that their mean over the counted tokens is exactly 1, so the loss is on the scale of plain
+    cross-entropy.
     """
     if unseen not in UNSEEN_POLICIES:
         raise PDLConfigError(f"pdl_unseen_weight must be one of {UNSEEN_POLICIES}, got {unseen!r}.")
@@ -61,6 +67,9 @@ def token_weights_from_counts(
         if isinstance(max_weight, bool) or not isinstance(max_weight, (int, float)) or not 0 < max_weight < math.inf:
             raise PDLConfigError(f"pdl_max_weight must be a finite number > 0 or unset, got {max_weight!r}.")
         weights = weights.clamp(max=max_weight * _mean_over_counted(weights, counts))
+    exempt = _as_rows(exempt, len(weights))
+    if exempt.numel():
+        weights[exempt] = _mean_over_counted(weights, counts)
     if normalize == "token":
         weights = weights / _mean_over_counted(weights, counts)
     return weights.to(torch.float32)
@@ -72,6 +81,14 @@ def _as_float64(values, name: str) -> torch.Tensor:
         return torch.as_tensor(values, dtype=torch.float64)
     except (TypeError, ValueError, RuntimeError):
         raise PDLConfigError(f"Token {name} must be a tensor or a sequence of numbers, got {values!r:.80}.") from None
+
+
+def _as_rows(rows: Sequence[int], size: int) -> torch.Tensor:
+    """Vocabulary rows as an index tensor; a row outside the vocabulary is a clear error."""
+    rows = torch.as_tensor(list(rows), dtype=torch.int64)
+    if rows.numel() and not ((rows >= 0) & (rows < size)).all():
+        raise PDLConfigError(f"Exempt token ids must be rows of the {size}-row vocabulary, got {rows.tolist()}.")
+    return rows
 
 
 def _mean_over_counted(weights: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:

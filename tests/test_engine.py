@@ -128,3 +128,38 @@ def test_save_writes_table_and_settings(tmp_path):
     assert torch.equal(FrequencyTable.load(tmp_path / TABLE_FILENAME).counts, COUNTS)
     saved = json.loads((tmp_path / SETTINGS_FILENAME).read_text())
     assert saved["loss_type"] == "pdl" and saved["pdl_alpha"] == 1.0 and saved["host"] == "test"
+
+
+def test_exempt_special_tokens_train_with_the_mean_weight(tmp_path):
+    """Row 0 (3 of 4 trained tokens, the most frequent: the end-of-reply token's place) declared special: its weight
+    is the count-weighted mean of the plain weights, (3 W0 + W1) / 4; the other rows keep equation (3)."""
+    table = FrequencyTable(COUNTS, "tok", "completion_only", "data")
+    settings = PDLSettings(pdl_alpha=1.0, pdl_exempt_special_tokens=True)
+    e = PDLEngine(settings, table, host="test", special_token_ids=[0, 99])  # 99: outside the 4 output rows, ignored
+    assert e.exempt_ids == (0,)
+    mean = (3 * W0 + W1) / 4
+    torch.testing.assert_close(e.weights[:2], torch.tensor([mean, W1]))
+    log_probs, targets = torch.tensor([math.log(0.5), math.log(0.25)]), torch.tensor([0, 1])
+    got = e.loss(log_probs, targets, step=0, training=True)
+    assert math.isclose(float(got), (mean * math.log(2) + W1 * math.log(4)) / (mean + W1), rel_tol=1e-6)
+    # off (the default): the special ids change nothing
+    plain = PDLEngine(PDLSettings(pdl_alpha=1.0), table, host="test", special_token_ids=[0])
+    assert plain.exempt_ids == () and math.isclose(float(plain.weights[0]), W0, rel_tol=1e-6)
+    # recorded, and a resume that turns it on or off is refused
+    e.save(tmp_path / "ckpt")
+    assert json.loads((tmp_path / "ckpt" / SETTINGS_FILENAME).read_text())["exempt_token_ids"] == [0]
+    with pytest.raises(PDLConfigError, match=r"pdl_exempt_special_tokens \(True -> False\)"):
+        plain.check_resume(tmp_path / "ckpt")
+    plain.save(tmp_path / "old")  # a checkpoint saved before the setting existed has no key: nothing was exempt
+    config = json.loads((tmp_path / "old" / SETTINGS_FILENAME).read_text())
+    del config["pdl_exempt_special_tokens"]
+    (tmp_path / "old" / SETTINGS_FILENAME).write_text(json.dumps(config))
+    plain.check_resume(tmp_path / "old")
+    with pytest.raises(PDLConfigError, match=r"pdl_exempt_special_tokens \(False -> True\)"):
+        e.check_resume(tmp_path / "old")
+
+
+def test_exempt_special_tokens_without_any_special_token_is_refused():
+    table = FrequencyTable(COUNTS, "tok", "completion_only", "data")
+    with pytest.raises(PDLConfigError, match="declares no special token"):
+        PDLEngine(PDLSettings(pdl_exempt_special_tokens=True), table, host="test", special_token_ids=[])

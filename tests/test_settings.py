@@ -20,6 +20,7 @@ CASES = [
     ({"pdl_alpha_warmup_steps": 1.5}, False), ({"pdl_unseen_weight": "formula"}, True),
     ({"pdl_unseen_weight": "zero"}, False), ({"pdl_freq_path": ""}, False), ({"pdl_freq_path": "t.safetensors"}, True),
     ({"pdl_resume_without_table": True}, True), ({"pdl_resume_without_table": "yes"}, False),
+    ({"pdl_exempt_special_tokens": True}, True), ({"pdl_exempt_special_tokens": "true"}, False),
 ]
 
 

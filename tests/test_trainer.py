@@ -97,6 +97,26 @@ def test_loss_of_one_batch_is_the_weighted_mean_of_a_direct_formula(
     torch.testing.assert_close(loss.double(), expected, rtol=1e-5, atol=0)
 
 
+def test_exempt_special_tokens_train_eos_with_the_mean_weight(tmp_path, tokenizer, tiny_model, prompt_completion):
+    """`pdl_exempt_special_tokens`: the special tokens (here eos, `<|im_end|>`, trained once per row) weigh the
+    count-weighted mean of equation (3)'s weights; every other token keeps equation (3); the loss follows."""
+    alpha, eps = 0.7, 1e-6
+    args = cpu_args(tmp_path, loss_type="pdl", pdl_alpha=alpha, pdl_epsilon=eps, pdl_exempt_special_tokens=True)
+    trainer = PDLSFTTrainer(tiny_model, args, prompt_completion, processing_class=tokenizer)
+    counts = _prompt_completion_counts(tokenizer)
+    plain = _independent_weights(counts, len(tokenizer), alpha, eps)
+    mean = sum(plain[i] * c for i, c in counts.items()) / sum(counts.values())
+    expected = plain.clone()
+    expected[tokenizer.all_special_ids] = mean
+    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert tokenizer.eos_token_id == eos and counts[eos] == len(PROMPT_COMPLETION["prompt"])  # trained once per row
+    assert float(plain[eos]) < 0.9 * float(mean)  # the most frequent kind of token: equation (3) weighs it down
+    torch.testing.assert_close(trainer.pdl_weights.double(), expected, rtol=1e-6, atol=0)
+    batch = next(iter(trainer.get_train_dataloader()))
+    loss = trainer.compute_loss(trainer.model, dict(batch))
+    torch.testing.assert_close(loss.double(), _direct_pdl(tiny_model, batch, expected)[0], rtol=1e-5, atol=0)
+
+
 def test_token_normalisation_divides_by_the_token_count(tmp_path, tokenizer, tiny_model, prompt_completion):
     args = cpu_args(tmp_path, loss_type="pdl", pdl_alpha=1.0, pdl_normalize="token")
     trainer = PDLSFTTrainer(tiny_model, args, prompt_completion, processing_class=tokenizer)

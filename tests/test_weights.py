@@ -81,3 +81,23 @@ def test_unseen_tokens_get_the_rarest_seen_weight_by_default():
 def test_unknown_unseen_policy_is_refused():
     with pytest.raises(PDLConfigError, match="pdl_unseen_weight"):
         token_weights_from_counts(torch.tensor([1, 2]), 0.5, 1e-6, unseen="zero")
+
+
+def test_exempt_rows_get_the_mean_weight_of_a_counted_token():
+    # counts 6, 2, 2 -> freq 0.6, 0.2, 0.2; alpha 1, epsilon ~0: weights 1/0.6, 5, 5 and the count-weighted mean
+    # (6 * 5/3 + 2 * 5 + 2 * 5) / 10 = 3. Row 0 (say the end-of-reply token, the most frequent) exempt: 3, not 5/3.
+    counts = torch.tensor([6, 2, 2, 0])
+    plain = token_weights_from_counts(counts, alpha=1.0, epsilon=1e-12)
+    exempt = token_weights_from_counts(counts, alpha=1.0, epsilon=1e-12, exempt=[0])
+    torch.testing.assert_close(plain[:3], torch.tensor([5 / 3, 5.0, 5.0]))
+    torch.testing.assert_close(exempt, torch.tensor([3.0, 5.0, 5.0, 5.0]))  # row 3: unseen, rarest weight, untouched
+    # with token normalisation the mean over counted tokens is then 1: (6 * 3 + 2 * 5 + 2 * 5) / 10 = 3.8
+    token = token_weights_from_counts(counts, alpha=1.0, epsilon=1e-12, normalize="token", exempt=[0])
+    torch.testing.assert_close(token, torch.tensor([3 / 3.8, 5 / 3.8, 5 / 3.8, 5 / 3.8]))
+    # alpha 0 is cross-entropy with or without exemption
+    assert torch.equal(token_weights_from_counts(counts, 0.0, 1e-6, exempt=[0, 3]), torch.ones(4))
+
+
+def test_exempt_rows_outside_the_vocabulary_are_refused():
+    with pytest.raises(PDLConfigError, match="rows of the 3-row vocabulary"):
+        token_weights_from_counts(torch.tensor([1, 2, 3]), 0.5, 1e-6, exempt=[3])

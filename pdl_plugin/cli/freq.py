@@ -26,7 +26,8 @@ from rich.markup import escape
 
 from ..errors import PDLConfigError
 from ..files import check_can_create_file
-from ..frequency import TABLE_FILENAME, FrequencyTable, few_trained_ids_warning, merge_tables, tokenizer_fingerprint
+from ..frequency import (TABLE_FILENAME, FrequencyTable, few_trained_ids_warning, merge_tables, settings_weights,
+                         tokenizer_fingerprint)
 from ..report import plot_rank_curves, weight_summary_table
 from ..recipe import count_recipe, load_recipe_tokenizer, model_vocab_rows, parse_recipe
 from . import run_cli
@@ -111,11 +112,10 @@ def freq(argv: list[str]) -> FrequencyTable:
         console.print(f"Wrote {table.save(flags.output)}")
     for line in warnings:
         err_console.print(f"[yellow]warning:[/] {escape(line)}", highlight=False)
-    training = recipe.training
-    weights = table.weights(training.pdl_alpha, training.pdl_epsilon, training.pdl_normalize, training.pdl_max_weight)
+    weights = settings_weights(table, recipe.training.pdl_settings, tokenizer)
     console.print(weight_summary_table(table, weights, tokenizer, k=flags.top))
     if flags.plot:
-        console.print(f"Plot: {plot_rank_curves(table, weights, training.pdl_alpha, Path(flags.plot))}")
+        console.print(f"Plot: {plot_rank_curves(table, weights, recipe.training.pdl_alpha, Path(flags.plot))}")
     return table
 
 

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ..errors import PDLConfigError
-from ..frequency import FrequencyTable, tokenizer_fingerprint
+from ..frequency import FrequencyTable, special_token_ids, tokenizer_fingerprint
 from . import metrics
 from .execution import pass_at_1
 from .generation import CODE_STOP_SEQUENCES, Example, Generation, generate, preparation_args, validation_examples
@@ -270,8 +270,9 @@ def validation_losses(model, tokenizer, recipe, table: FrequencyTable, reference
     if targets.size == 0:
         raise PDLConfigError("The validation rows hold no trained token (after masking and truncation), so there is "
                              "no validation loss: check `dataset_test_split` and the masking settings.")
+    exempt = special_token_ids(tokenizer) if getattr(training, "pdl_exempt_special_tokens", False) else ()
     summary = loss_summary(targets, nll, table.counts.numpy(), float(reference_alpha), training.pdl_epsilon,
-                           getattr(training, "pdl_max_weight", None))
+                           getattr(training, "pdl_max_weight", None), [i for i in exempt if i < len(table.counts)])
     return summary | {"rows": len(validation_dataset), "rows_scored": len(prepared)}
 
 
@@ -337,13 +338,15 @@ def frequency_bucket(count: int) -> str:
     raise ValueError(f"A count must be >= 0, got {count}.")
 
 
-def loss_summary(targets, nll, counts, alpha: float, epsilon: float, max_weight: float | None = None) -> dict:
+def loss_summary(targets, nll, counts, alpha: float, epsilon: float, max_weight: float | None = None,
+                 exempt=()) -> dict:
     """Validation losses from per-token NLL: everything is a mean over the same trained tokens.
 
     - `ce`: mean NLL.
     - `pdl`: ``sum w(y) nll / sum w(y)`` (the paper's weighted mean, `pdl_normalize: weighted`) with the PDL weights of
       the TRAINING table at `alpha`, `epsilon` (and the cap `max_weight`, if any), where a token the table never
-      counted gets the weight of the rarest counted token (`pdl_unseen_weight: rarest`, the training default).
+      counted gets the weight of the rarest counted token (`pdl_unseen_weight: rarest`, the training default), and the
+      rows in `exempt` (the special tokens, when the recipe sets `pdl_exempt_special_tokens`) the mean weight.
     - `pdl_formula`: the same with equation (3) as it stands for unseen tokens, ``epsilon ** -alpha`` (about 31,600 at
       epsilon 1e-6, alpha 0.75: one such token outweighs a whole reply), for comparison.
     - `ce_by_bucket`: the mean NLL of the tokens counted 0, 1-2, 3-10, 11-100 and more than 100 times in the training
@@ -354,7 +357,7 @@ def loss_summary(targets, nll, counts, alpha: float, epsilon: float, max_weight:
     targets = np.asarray(targets, dtype=np.int64)
     nll = np.asarray(nll, dtype=np.float64)
     counts_t = torch.as_tensor(np.asarray(counts), dtype=torch.int64)
-    weights = {policy: token_weights_from_counts(counts_t, alpha, epsilon, "weighted", max_weight, policy)
+    weights = {policy: token_weights_from_counts(counts_t, alpha, epsilon, "weighted", max_weight, policy, exempt)
                .double().numpy()[targets] for policy in ("rarest", "formula")}
     token_counts = np.asarray(counts)[targets]
     buckets = []
@@ -368,6 +371,7 @@ def loss_summary(targets, nll, counts, alpha: float, epsilon: float, max_weight:
         "pdl": float((weights[UNSEEN_POLICY] * nll).sum() / weights[UNSEEN_POLICY].sum()),
         "pdl_alpha": float(alpha),
         "pdl_unseen_weight": UNSEEN_POLICY,
+        "pdl_exempt_token_ids": [int(i) for i in exempt],
         "pdl_formula": float((weights["formula"] * nll).sum() / weights["formula"].sum()),
         "mean_weight": float(weights[UNSEEN_POLICY].mean()),
         "tokens": int(targets.size),

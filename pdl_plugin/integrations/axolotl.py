@@ -29,7 +29,7 @@ from axolotl.utils.logging import get_logger
 from ..checkpoints import check_resume_checkpoint
 from ..engine import PDLEngine, with_command
 from ..errors import FrequencyTableError, PDLConfigError, PDLError
-from ..frequency import IGNORE_INDEX, FrequencyTable, tokenizer_fingerprint
+from ..frequency import IGNORE_INDEX, FrequencyTable, special_token_ids, tokenizer_fingerprint
 from ..fused_head import PDLHeadOutput
 from ..hf_trainer import PDLTrainerMixin
 from ..quantization import guard_cpu_4bit_gradients
@@ -118,7 +118,8 @@ class PDLAxolotlMixin(PDLTrainerMixin):
             PDLSettings.from_mapping(cfg), host="axolotl", train_dataset=self.train_dataset,
             output_rows=output_embeddings.weight.shape[0],
             tokenizer_fingerprint=tokenizer_fingerprint(self.processing_class), masking=masking_from_cfg(cfg),
-            table_extra=table_extra_from_cfg(cfg), recount_command=RECOUNT_COMMAND, log=LOG,
+            table_extra=table_extra_from_cfg(cfg), special_token_ids=special_token_ids(self.processing_class),
+            recount_command=RECOUNT_COMMAND, log=LOG,
         )
         core = model.get_base_model() if hasattr(model, "get_base_model") else model
         self._pdl_connect(engine, core, fallback="computed from the model's full logits")

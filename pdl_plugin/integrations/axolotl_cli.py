@@ -55,7 +55,7 @@ def pdl_freq(config: str, output: str | None, existing: str | None, plot: str | 
     from rich.console import Console
 
     from ..engine import with_command
-    from ..frequency import FrequencyTable, tokenizer_fingerprint
+    from ..frequency import FrequencyTable, settings_weights, tokenizer_fingerprint
     from ..report import plot_rank_curves, weight_summary_table
     from ..settings import PDLSettings
     from .axolotl import RECOUNT_COMMAND, expected_output_rows
@@ -83,8 +83,7 @@ def pdl_freq(config: str, output: str | None, existing: str | None, plot: str | 
                                "`roles_to_train` / `train_on_inputs` and `sequence_len`.")
             path = table.save(Path(output) if output else Path(cfg.output_dir) / TABLE_FILENAME)
             console.print(f"Wrote {path} ({table.total:,} trained tokens). Reuse it with `pdl_freq_path: {path}`.")
-        weights = table.weights(settings.pdl_alpha, settings.pdl_epsilon, settings.pdl_normalize,
-                                settings.pdl_max_weight, settings.pdl_unseen_weight)
+        weights = settings_weights(table, settings, tokenizer)
         console.print(weight_summary_table(table, weights, tokenizer, k=top))
         if plot:
             console.print(f"Plot: {plot_rank_curves(table, weights, settings.pdl_alpha, Path(plot))}")

@@ -128,6 +128,15 @@ CASES: tuple[Case, ...] = (
              Q + "test_lora_gradients_are_exact_after_an_eval_pass_through_the_trainer"),
         axolotl=(A + "test_qlora_logged_loss_equals_independent_pdl",),
     ),
+    Case(
+        "exempt_special_tokens",
+        "with pdl_exempt_special_tokens the tokenizer's special tokens (the trained end-of-turn token) weigh the "
+        "count-weighted mean of equation (3)'s weights, every other token equation (3), and the loss follows",
+        "equation (3) on the counts in float64, the special ids set to sum(count * w) / sum(count) by hand, and the "
+        "direct formula on full logits (TRL) or a fresh model from the recorded LoRA weights (Axolotl)",
+        trl=(T + "test_exempt_special_tokens_train_eos_with_the_mean_weight",),
+        axolotl=(A + "test_exempt_special_tokens_logged_loss_equals_independent_pdl",),
+    ),
 )
 
 

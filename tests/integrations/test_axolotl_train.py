@@ -200,3 +200,31 @@ def test_qlora_logged_loss_equals_independent_pdl(tmp_path, prepared, smol_path)
     assert math.isclose(logged["loss"], expected["loss"], rel_tol=1e-5)
     assert all(math.isfinite(entry["loss"]) for entry in step_logs(record))
     assert PDL_PLUGIN in cfg["plugins"]
+
+
+def test_exempt_special_tokens_logged_loss_equals_independent_pdl(tmp_path, prepared, smol_path):
+    """`pdl_exempt_special_tokens: true` through `axolotl train`: the first step's loss equals the direct formula with
+    equation (3)'s weights, the tokenizer's special tokens given the count-weighted mean weight (written out here)."""
+    from transformers import AutoTokenizer
+
+    from pdl_plugin.frequency import FrequencyTable
+
+    cfg = short_config(tmp_path, prepared, max_steps=1, pdl_exempt_special_tokens=True)
+    run_axolotl(tmp_path, cfg)
+    record = load_record(cfg)
+    counts = FrequencyTable.load(Path(cfg["output_dir"])).counts.to(torch.float64)
+    special = AutoTokenizer.from_pretrained(smol_path).all_special_ids
+    end_of_turn = AutoTokenizer.from_pretrained(smol_path).convert_tokens_to_ids("<|im_end|>")
+    plain = reference_weights(counts, ALPHA, EPSILON)
+    weights = plain.clone()
+    weights[special] = (plain * counts).sum() / counts.sum()
+    assert counts[end_of_turn] > 0 and end_of_turn in special  # the end-of-turn token is trained and exempt
+    saved = json.loads((Path(cfg["output_dir"]) / "pdl_config.json").read_text())
+    assert saved["pdl_exempt_special_tokens"] is True and end_of_turn in saved["exempt_token_ids"]
+    model = lora_model(smol_path, record["params"][0], cfg)
+    batches = record["windows"][0]["batches"]
+    expected = reference_window(model, batches, weights)
+    logged = step_logs(record)[0]
+    print(f"\nexempt special tokens, step 1: logged PDL {logged['loss']!r}, independent {expected['loss']!r}")
+    assert math.isclose(logged["loss"], expected["loss"], rel_tol=1e-5)
+    assert not math.isclose(expected["loss"], reference_window(model, batches, plain)["loss"], rel_tol=1e-4)
