@@ -41,6 +41,14 @@ def test_validation_pdl_applies_the_recipe_weight_cap():
     assert got["pdl"] == pytest.approx((cap * 2.0 + cap * 1.0 + 2 * 0.5 + 1.6 * 0.25 + cap * 3.0) / (3 * cap + 2 + 1.6))
 
 
+def test_validation_pdl_gives_exempt_tokens_the_mean_weight():
+    # id 3 (the most frequent, 4 of 8: the end-of-reply token's place) exempt: it weighs the count-weighted mean
+    # weight of the counted tokens, (1*4 + 3*2 + 4*1.6) / 8 = 2.05, instead of 1.6; the others as without exemption
+    got = loss_summary(TARGETS, NLL, COUNTS, alpha=1.0, epsilon=0.125, exempt=[3])
+    assert got["pdl"] == pytest.approx((4 * 2.0 + 4 * 1.0 + 2 * 0.5 + 2.05 * 0.25 + 4 * 3.0) / (4 + 4 + 2 + 2.05 + 4))
+    assert got["pdl_exempt_token_ids"] == [3] and got["ce"] == pytest.approx(6.75 / 5)
+
+
 def test_cross_entropy_by_training_frequency_bucket():
     counts = [0, 1, 2, 3, 10, 11, 100, 101]  # one id on each side of every bucket boundary
     targets = [0, 1, 2, 3, 4, 5, 6, 7, 7]
