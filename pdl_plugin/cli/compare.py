@@ -3,7 +3,8 @@
 Trains one adapter per alpha (alpha 0 is the cross-entropy baseline, run as `loss_type: pdl` with alpha 0 so it saves
 the same training table) and seed, with the same data, steps and seeds, evaluates each like `pdl-eval`, and writes a
 markdown report with metric tables (mean ± sd over seeds), loss curves and the generated tokens' frequency-rank
-distribution against the references'. `--alpha_warmup_steps N` adds one arm whose alpha ramps from 0 over N steps.
+distribution against the references'. `--alpha_warmup_steps N` adds one arm whose alpha ramps from 0 over N steps;
+`--exempt_alphas A,B` one arm per alpha trained with `pdl_exempt_special_tokens` (all arms are scored alike).
 Resumable: finished runs are not redone. With `--results_dir DIR` each finished run's small results (`train.json`,
 `results.json`; not the adapter) go to `DIR/<task>/<arm>/seed-<s>/`, runs whose results are there are skipped (commit
 them to resume a study on another machine), and the report is made from them. Runs go seed by seed (every arm of
@@ -35,11 +36,11 @@ from ..recipe import parse_recipe
 from . import run_cli
 
 USAGE = ("pdl-compare --config RECIPE.yaml --alphas 0,0.25,0.5,1.0 [--seeds 0,1] [--alpha_warmup_steps N] "
-         "[--outdir DIR] [--results_dir DIR] [--report FILE.md] [--report_only] [--shard I/N] [--checkpoint_steps N] "
-         "[eval options] "
-         "[--recipe_key value ...]")
+         "[--exempt_alphas A,B] [--outdir DIR] [--results_dir DIR] [--report FILE.md] [--report_only] [--shard I/N] "
+         "[--checkpoint_steps N] [eval options] [--recipe_key value ...]")
 
-_OVERRIDES_REFUSED = ("--output_dir", "--pdl_alpha", "--seed", "--loss_type", "--pdl_alpha_warmup_steps")
+_OVERRIDES_REFUSED = ("--output_dir", "--pdl_alpha", "--seed", "--loss_type", "--pdl_alpha_warmup_steps",
+                      "--pdl_exempt_special_tokens")
 
 
 def compare(argv: list[str]) -> Path:
@@ -53,6 +54,9 @@ def compare(argv: list[str]) -> Path:
     parser.add_argument("--alpha_warmup_steps", type=int, default=0,
                         help="add one arm at --warmup_alpha whose alpha ramps from 0 over this many steps")
     parser.add_argument("--warmup_alpha", type=float, default=None, help="default: the largest of --alphas")
+    parser.add_argument("--exempt_alphas", default=None, metavar="A,B",
+                        help="add one arm per alpha (> 0) that trains with pdl_exempt_special_tokens: the special "
+                        "tokens (the end-of-turn token) at the mean weight")
     parser.add_argument("--outdir", default="outputs/pdl-compare")
     parser.add_argument("--results_dir", default=None,
                         help="keep each finished run's train.json and results.json in RESULTS_DIR/TASK/ARM/seed-S "
@@ -82,6 +86,12 @@ def compare(argv: list[str]) -> Path:
         if not warmup_alpha > 0:
             raise PDLConfigError("The warm-up arm needs an alpha > 0: set --warmup_alpha or a positive --alphas.")
         arms.append(Arm(warmup_alpha, options.alpha_warmup_steps))
+    if options.exempt_alphas:
+        exempt_alphas = parse_alphas(options.exempt_alphas)
+        if not all(alpha > 0 for alpha in exempt_alphas):
+            raise PDLConfigError(f"--exempt_alphas takes alphas > 0 (at alpha 0 nothing is reweighted), got "
+                                 f"{options.exempt_alphas!r}.")
+        arms += [Arm(alpha, exempt=True) for alpha in exempt_alphas]
     recipe = parse_recipe(["--config", options.config, *overrides])  # fails early on a bad recipe or override
     task = options.task or Path(options.config).stem.removesuffix("_lora").removesuffix("_qlora")
     task_dir = Path(options.outdir) / task

@@ -40,18 +40,29 @@ BASE_FILE = "base-model.json"  # optional: `pdl-eval` of the untrained base mode
 
 @dataclass(frozen=True)
 class Arm:
+    """One arm of a study: alpha, an optional alpha warm-up, and whether the special tokens are exempt from the
+    reweighting (`pdl_exempt_special_tokens`)."""
+
     alpha: float
     warmup_steps: int = 0
+    exempt: bool = False
+
+    @classmethod
+    def of(cls, result: dict) -> Arm:
+        """The arm of a run's results (results written before exempt arms existed have no `exempt`)."""
+        return cls(result["alpha"], result["warmup_steps"], bool(result.get("exempt", False)))
 
     @property
     def name(self) -> str:
-        return f"alpha-{self.alpha:g}" + (f"-warmup-{self.warmup_steps}" if self.warmup_steps else "")
+        return (f"alpha-{self.alpha:g}" + (f"-warmup-{self.warmup_steps}" if self.warmup_steps else "")
+                + ("-exempt" if self.exempt else ""))
 
     @property
     def label(self) -> str:
         if self.alpha == 0:
             return "alpha 0 (CE baseline)"
-        return f"alpha {self.alpha:g}" + (f", warm-up {self.warmup_steps} steps" if self.warmup_steps else "")
+        return (f"alpha {self.alpha:g}" + (f", warm-up {self.warmup_steps} steps" if self.warmup_steps else "")
+                + (", special tokens exempt" if self.exempt else ""))
 
 
 def parse_alphas(text: str) -> list[float]:
@@ -196,9 +207,12 @@ def run_one(config: str, overrides: list[str], folder: Path, arm: Arm, seed: int
     from ..frequency import FrequencyTable
     from .evaluate import evaluate_model, load_for_eval, load_validation_split
 
+    # Every arm is evaluated with the same recipe (`eval_argv`: no exemption), so that its validation PDL uses the
+    # same weights in every arm; only an exempt arm trains with `--pdl_exempt_special_tokens true`.
     argv = ["--config", config, *overrides, "--output_dir", str(folder), "--loss_type", "pdl",
             "--pdl_alpha", str(arm.alpha), "--pdl_alpha_warmup_steps", str(arm.warmup_steps), "--seed", str(seed),
-            "--save_strategy", "no", "--report_to", "none"]
+            "--save_strategy", "no", "--report_to", "none", "--pdl_exempt_special_tokens", str(arm.exempt).lower()]
+    eval_argv = [*argv[:-1], "false"]
     trainer = None
     if not (folder / TRAIN_FILE).is_file():
         last = last_complete_checkpoint(folder) if checkpoint_steps > 0 else None
@@ -227,13 +241,14 @@ def run_one(config: str, overrides: list[str], folder: Path, arm: Arm, seed: int
         for checkpoint in folder.glob("checkpoint-*"):  # the run is whole: its adapter is in `folder`
             shutil.rmtree(checkpoint)
         model, tokenizer = trainer.model, trainer.processing_class
-    recipe = parse_recipe(argv)
+    recipe = parse_recipe(eval_argv)
     if trainer is None:
         model, tokenizer = load_for_eval(folder, recipe)
     train_dataset, validation = load_validation_split(recipe)
     settings = type(settings)(**{**settings.__dict__, "seed": seed, "reference_alpha": reference_alpha})
     result = evaluate_model(model, tokenizer, recipe, FrequencyTable.load(folder), settings, train_dataset, validation)
-    result.update(arm=arm.name, alpha=arm.alpha, warmup_steps=arm.warmup_steps, seed=seed)
+    result.update(arm=arm.name, alpha=arm.alpha, warmup_steps=arm.warmup_steps, seed=seed,
+                  **({"exempt": True} if arm.exempt else {}))
     write_json(folder / RESULTS_FILE, result)
     (folder / DONE).write_text("ok\n")
     if results_folder is not None:
@@ -267,7 +282,7 @@ GENERATION_COLUMNS = [
 
 
 def load_runs(task_dir: Path) -> dict[str, list[dict]]:
-    """Finished runs of one task, by arm name (arms sorted by alpha, warm-up arms last).
+    """Finished runs of one task, by arm name (arms sorted by alpha, exempt arms after them, warm-up arms last).
 
     A run folder counts once it has `results.json` (and then needs `train.json`); a folder marked `done` without
     `results.json`, or with results but no `train.json`, is an error that names it; other folders are runs in progress.
@@ -293,7 +308,8 @@ def load_runs(task_dir: Path) -> dict[str, list[dict]]:
                                  "delete the folder to redo the run.") from None
         _fill_text_metrics(result)
         runs.setdefault(result["arm"], []).append(result)
-    return dict(sorted(runs.items(), key=lambda kv: (kv[1][0]["warmup_steps"] > 0, kv[1][0]["alpha"])))
+    return dict(sorted(runs.items(), key=lambda kv: (kv[1][0]["warmup_steps"] > 0, bool(kv[1][0].get("exempt")),
+                                                     kv[1][0]["alpha"])))
 
 
 def _fill_text_metrics(result: dict) -> None:
@@ -344,7 +360,7 @@ def metric_table(runs: dict[str, list[dict]], mode: str, base: dict | None = Non
 
 
 def _arm_label(result: dict) -> str:
-    return Arm(result["alpha"], result["warmup_steps"]).label
+    return Arm.of(result).label
 
 
 def _curve(result: dict, key: str) -> dict[int, float]:
@@ -512,7 +528,7 @@ def _num(value: float, digits: int = 4) -> str:
 
 def _baseline_name(runs: dict[str, list[dict]]) -> str | None:
     """The CE arm: alpha 0 without a warm-up (None when it has no finished run)."""
-    return next((name for name, rs in runs.items() if rs[0]["alpha"] == 0 and not rs[0]["warmup_steps"]), None)
+    return next((name for name, rs in runs.items() if Arm.of(rs[0]) == Arm(0.0)), None)
 
 
 def paired_report(runs: dict[str, list[dict]]) -> list[str]:

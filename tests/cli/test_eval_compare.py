@@ -277,6 +277,25 @@ def test_two_pdl_compare_processes_share_the_plan_out(tmp_path):
     assert all((results / f"toy/{arm}/seed-3/results.json").is_file() for arm in trained)
 
 
+def test_pdl_compare_exempt_arm_trains_with_special_tokens_exempt_and_is_scored_like_the_others(tmp_path):
+    """--exempt_alphas 1 adds the arm alpha-1-exempt: it trains with pdl_exempt_special_tokens (its saved config lists
+    the exempt ids, eos among them), while its validation PDL uses the same weights as every other arm's."""
+    out = tmp_path / "out"
+    report = compare(["--config", _recipe(tmp_path), "--alphas", "0,1", "--exempt_alphas", "1", "--seeds", "3",
+                      "--max_prompts", "1", "--max_new_tokens", "2", "--max_steps", "1", "--task", "toy",
+                      "--no_sampled", "--outdir", str(out)])
+    exempt, plain = out / "toy/alpha-1-exempt/seed-3", out / "toy/alpha-1/seed-3"
+    trained = json.loads((exempt / "pdl_config.json").read_text())
+    assert trained["pdl_exempt_special_tokens"] is True and trained["exempt_token_ids"]
+    assert json.loads((plain / "pdl_config.json").read_text())["exempt_token_ids"] == []
+    argv = json.loads((exempt / "train.json").read_text())["argv"]
+    assert argv[argv.index("--pdl_exempt_special_tokens") + 1] == "true"
+    result = json.loads((exempt / "results.json").read_text())
+    assert result["exempt"] is True and result["arm"] == "alpha-1-exempt"
+    assert result["validation"]["pdl_exempt_token_ids"] == []  # scored with the same weights as alpha-1
+    assert "alpha 1, special tokens exempt" in report.read_text()
+
+
 def test_pdl_compare_resumes_a_run_cut_off_mid_training_from_its_checkpoint(tmp_path, monkeypatch):
     """With --checkpoint_steps, a run killed after its step-2 checkpoint resumes from it: the same losses at every step
     and the same validation CE as the same run never cut off (same batches, restored random states)."""
@@ -335,6 +354,8 @@ def test_pdl_compare_resumes_a_run_cut_off_mid_training_from_its_checkpoint(tmp_
         (["--alphas", "0", "--alpha_warmup_steps", "2"], "needs an alpha > 0"),
         (["--max_prompts", "0"], "--max_prompts must be >= 1"),
         (["--shard", "3/2"], "needs 1 <= I <= N"),
+        (["--exempt_alphas", "0"], "--exempt_alphas takes alphas > 0"),
+        (["--pdl_exempt_special_tokens", "true"], "sets --pdl_exempt_special_tokens itself"),
         (["--shard", "half"], "--shard must be I/N"),
         (["--checkpoint_steps", "-1"], "--checkpoint_steps must be >= 0"),
     ],
