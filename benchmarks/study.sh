@@ -68,3 +68,8 @@ run_worker() {  # worker I of 2: every task in turn, each run that the other wor
 mkdir -p outputs/study
 run_worker 1 & sleep 5; run_worker 2 &
 echo "two workers running (${tasks[*]}); logs: outputs/study/TASK-worker-{1,2}.log"
+status=0
+wait -n || status=$?
+wait -n || status=$?
+draw_reports || status=$?
+exit "$status"
