@@ -36,17 +36,18 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return hashlib.sha256(json.dumps(vocab, ensure_ascii=False).encode()).hexdigest()[:16]
 
 
-def special_token_ids(tokenizer) -> list[int]:
+def special_token_ids(tokenizer, rows: int | None = None) -> list[int]:
     """The ids of a tokenizer's special tokens (eos, the chat template's end-of-turn token, ...), for
-    `pdl_exempt_special_tokens`. A processor (multimodal models) is asked for its tokenizer's."""
+    `pdl_exempt_special_tokens`; with `rows`, only those inside the model's `rows` output rows. A processor
+    (multimodal models) is asked for its tokenizer's."""
     tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
-    return sorted(set(getattr(tokenizer, "all_special_ids", None) or []))
+    ids = set(getattr(tokenizer, "all_special_ids", None) or [])
+    return sorted(i for i in ids if rows is None or 0 <= i < rows)
 
 
 def settings_weights(table: FrequencyTable, settings, tokenizer) -> torch.Tensor:
     """The weights a run with these `PDLSettings` trains with at full alpha (for tables printed and plotted)."""
-    exempt = special_token_ids(tokenizer) if settings.pdl_exempt_special_tokens else ()
-    exempt = [i for i in exempt if i < len(table.counts)]
+    exempt = special_token_ids(tokenizer, len(table.counts)) if settings.pdl_exempt_special_tokens else ()
     return table.weights(settings.pdl_alpha, settings.pdl_epsilon, settings.pdl_normalize, settings.pdl_max_weight,
                          settings.pdl_unseen_weight, exempt)
 

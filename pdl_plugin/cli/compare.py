@@ -103,10 +103,11 @@ def compare(argv: list[str]) -> Path:
         settings = settings_from(options, recipe)
         reference_alpha = options.reference_alpha if options.reference_alpha is not None else recipe.training.pdl_alpha
         plan = study_plan(arms, seeds)
-        todo = []
+        todo, share = [], []
         for index, (arm, seed) in enumerate(plan, 1):
             if not in_share(index, shard):
                 continue
+            share.append(str(index))
             name = f"[{index}/{len(plan)}] {task} {arm.name} seed {seed}"
             folder = run_dir(options.outdir, task, arm, seed)
             kept = run_dir(options.results_dir, task, arm, seed) if options.results_dir else None
@@ -115,7 +116,6 @@ def compare(argv: list[str]) -> Path:
             else:
                 todo.append((name, arm, seed, folder, kept))
         if shard[1] > 1:
-            share = [str(index) for index in range(1, len(plan) + 1) if in_share(index, shard)]
             console.print(f"Shard {shard[0]}/{shard[1]} (runs {', '.join(share)} of {len(plan)}): {len(todo)} to do"
                           + "".join(f", {arm.name} seed {seed}" for _, arm, seed, _, _ in todo))
         for name, arm, seed, folder, kept in todo:

@@ -270,9 +270,10 @@ def validation_losses(model, tokenizer, recipe, table: FrequencyTable, reference
     if targets.size == 0:
         raise PDLConfigError("The validation rows hold no trained token (after masking and truncation), so there is "
                              "no validation loss: check `dataset_test_split` and the masking settings.")
-    exempt = special_token_ids(tokenizer) if getattr(training, "pdl_exempt_special_tokens", False) else ()
+    exempt = (special_token_ids(tokenizer, len(table.counts)) if getattr(training, "pdl_exempt_special_tokens", False)
+              else ())
     summary = loss_summary(targets, nll, table.counts.numpy(), float(reference_alpha), training.pdl_epsilon,
-                           getattr(training, "pdl_max_weight", None), [i for i in exempt if i < len(table.counts)])
+                           getattr(training, "pdl_max_weight", None), exempt)
     return summary | {"rows": len(validation_dataset), "rows_scored": len(prepared)}
 
 
