@@ -13,7 +13,9 @@ thread each: OMP_NUM_THREADS=1) uses N cores: each process holds the run it trai
 run's folder and goes on to the next run nobody holds, so no two take the same run and none idles while runs are
 left. `--shard I/N` takes only every N-th run of the plan from the I-th, to split a study between machines that share
 no folder (commit the results to bring them together).
-`--checkpoint_steps N` keeps each run's last checkpoint, so that a run cut off resumes from it. Any other
+`--checkpoint_steps N` keeps each run's last checkpoint, so that a run cut off resumes from it. A run that fails
+does not stop the study: the process goes on to the next run, and at the end draws the report from the finished runs
+and exits with an error that names the failed ones (`--fail_fast` stops at the first instead). Any other
 `--key value` is passed on to the recipe (e.g. `--max_steps 10`).
 """
 
@@ -30,14 +32,14 @@ from pathlib import Path
 
 from rich.console import Console
 
-from ..errors import PDLConfigError
+from ..errors import PDLConfigError, PDLError
 from .eval import _Parser, eval_arguments, settings_from
 from ..recipe import parse_recipe
 from . import run_cli
 
 USAGE = ("pdl-compare --config RECIPE.yaml --alphas 0,0.25,0.5,1.0 [--seeds 0,1] [--alpha_warmup_steps N] "
          "[--exempt_alphas A,B] [--outdir DIR] [--results_dir DIR] [--report FILE.md] [--report_only] [--shard I/N] "
-         "[--checkpoint_steps N] [eval options] [--recipe_key value ...]")
+         "[--checkpoint_steps N] [--fail_fast] [eval options] [--recipe_key value ...]")
 
 _OVERRIDES_REFUSED = ("--output_dir", "--pdl_alpha", "--seed", "--loss_type", "--pdl_alpha_warmup_steps",
                       "--pdl_exempt_special_tokens")
@@ -70,6 +72,9 @@ def compare(argv: list[str]) -> Path:
     parser.add_argument("--checkpoint_steps", type=int, default=0, metavar="N",
                         help="keep each run's last checkpoint every N steps, so that a run cut off (a session that "
                         "ends, a machine taken back) resumes from it; default 0: no checkpoints, a cut run starts again")
+    parser.add_argument("--fail_fast", action="store_true",
+                        help="stop at the first run that fails; default: go on with the other runs, draw the report "
+                        "and exit with an error naming the failed runs")
     options, overrides = parser.parse_known_args(argv)
     refused = [flag for flag in overrides if flag.split("=")[0] in _OVERRIDES_REFUSED]
     if refused:
@@ -99,6 +104,7 @@ def compare(argv: list[str]) -> Path:
     report = Path(options.report) if options.report else task_dir / "report.md"
     command = "pdl-compare " + shlex.join(_study_argv(argv))
     console = Console()
+    failed = []
     if not options.report_only:
         settings = settings_from(options, recipe)
         reference_alpha = options.reference_alpha if options.reference_alpha is not None else recipe.training.pdl_alpha
@@ -127,22 +133,55 @@ def compare(argv: list[str]) -> Path:
                 else:
                     console.print(f"[bold]{name}[/]: {folder}")
                     started = time.perf_counter()
-                    run_one(options.config, overrides, folder, arm, seed, settings, reference_alpha,
-                            log=console.print, results_folder=kept, checkpoint_steps=options.checkpoint_steps)
+                    try:
+                        run_one(options.config, overrides, folder, arm, seed, settings, reference_alpha,
+                                log=console.print, results_folder=kept, checkpoint_steps=options.checkpoint_steps)
+                    except Exception as err:  # not KeyboardInterrupt: Ctrl-C stops the study
+                        if options.fail_fast:
+                            raise
+                        _report_failure(console, name, err)
+                        failed.append(f"{arm.name} seed {seed}")
+                        continue
                     console.print(f"{name}: finished in {time.perf_counter() - started:.0f} s")
-    path = write_report(task, source_dir, report, command, base_dirs=(task_dir,))
-    console.print(f"Report: {path}")
+    try:
+        path = write_report(task, source_dir, report, command, base_dirs=(task_dir,))
+    except PDLError:
+        if not failed:
+            raise
+        path = None  # no run finished: the failures below are the news, not the missing report
+    else:
+        console.print(f"Report: {path}")
+    if failed:
+        reported = "the report has the finished runs only" if path else "no run finished, so no report"
+        raise PDLError(f"{len(failed)} run{'s' if len(failed) > 1 else ''} of this process failed: {', '.join(failed)} "
+                       f"(their errors are printed above; {reported}). Mend the cause and run the same command again: "
+                       "finished runs are skipped, the failed ones run again.")
     return path
+
+
+def _report_failure(console: Console, name: str, err: Exception) -> None:
+    """Say why a run failed and go on: one line for our own errors (the message names the fix), the traceback for
+    anything else (a bug, or a library's error), so that a study left running overnight loses no run to another's
+    failure and no failure's cause."""
+    if isinstance(err, PDLError):
+        console.print(f"[bold red]{name}: failed:[/] {err}", highlight=False)
+    else:
+        console.print(f"[bold red]{name}: failed with {type(err).__name__}:[/]", highlight=False)
+        console.print_exception()
+
+
+_VALUE_FLAGS_DROPPED = ("--report=", "--shard=", "--checkpoint_steps=")
 
 
 def _study_argv(argv: list[str]) -> list[str]:
     """The command that made the runs: `--report_only` and `--report PATH` only redraw the report, `--shard I/N`
-    only says which process ran which runs and `--checkpoint_steps N` only how often they could be resumed."""
+    only says which process ran which runs, `--checkpoint_steps N` only how often they could be resumed and
+    `--fail_fast` only what a failure would have done."""
     shown, skip = [], False
     for item in argv:
         if skip:
             skip = False
-        elif item == "--report_only" or item.startswith(("--report=", "--shard=", "--checkpoint_steps=")):
+        elif item in ("--report_only", "--fail_fast") or item.startswith(_VALUE_FLAGS_DROPPED):
             continue
         elif item in ("--report", "--shard", "--checkpoint_steps"):
             skip = True

@@ -277,6 +277,50 @@ def test_two_pdl_compare_processes_share_the_plan_out(tmp_path):
     assert all((results / f"toy/{arm}/seed-3/results.json").is_file() for arm in trained)
 
 
+def test_a_failed_run_does_not_stop_the_study_and_the_exit_names_it(tmp_path, monkeypatch, capsys):
+    """A run that fails (our error, or any other) is reported and the process goes on to the next run; at the end the
+    report holds the finished runs and the command exits 2 naming the failed ones. `--fail_fast` stops at the first."""
+    import pdl_plugin.eval.compare as compare_module
+    from pdl_plugin.errors import PDLConfigError
+
+    real_run_one = compare_module.run_one
+
+    def run_one(config, overrides, folder, arm, seed, *args, **kwargs):
+        if arm.alpha == 0:
+            raise PDLConfigError("the training table of this run is missing: recount it with pdl-freq")
+        if arm.alpha == 0.5:
+            raise RuntimeError("a bug deep inside")
+        return real_run_one(config, overrides, folder, arm, seed, *args, **kwargs)
+
+    monkeypatch.setattr(compare_module, "run_one", run_one)
+    out = tmp_path / "out"
+    argv = ["--config", _recipe(tmp_path), "--alphas", "0,0.5,1", "--seeds", "3", "--max_prompts", "1",
+            "--max_new_tokens", "2", "--max_steps", "1", "--task", "toy", "--no_sampled", "--outdir", str(out)]
+    with pytest.raises(SystemExit) as exit_info:
+        compare_main(argv)
+    captured = capsys.readouterr()
+    printed, err = " ".join(captured.out.split()), " ".join(captured.err.split())
+    assert exit_info.value.code == 2
+    assert "2 runs of this process failed: alpha-0 seed 3, alpha-0.5 seed 3" in err
+    assert "the report has the finished runs only" in err
+    assert "toy alpha-0 seed 3: failed: the training table of this run is missing" in printed
+    assert "toy alpha-0.5 seed 3: failed with RuntimeError:" in printed and "a bug deep inside" in printed
+    assert "toy alpha-1 seed 3: finished in" in printed  # the run after the failures still ran
+    assert (out / "toy/alpha-1/seed-3/results.json").is_file()
+    report = (out / "toy/report.md").read_text()
+    assert "alpha 1" in report and "alpha 0 (CE baseline)" not in report
+
+    with pytest.raises(SystemExit) as exit_info:  # --fail_fast: the first failure ends the command
+        compare_main([*argv, "--fail_fast", "--outdir", str(tmp_path / "fast")])
+    captured = capsys.readouterr()
+    assert exit_info.value.code == 2 and "the training table of this run is missing" in captured.err
+    assert "alpha-0.5 seed 3" not in captured.out and not (tmp_path / "fast/toy/alpha-1").exists()
+
+    with pytest.raises(SystemExit):  # every run failing: no report to draw, and the error says so
+        compare_main([*argv, "--alphas", "0,0.5", "--outdir", str(tmp_path / "none")])
+    assert "no run finished, so no report" in " ".join(capsys.readouterr().err.split())
+
+
 def test_pdl_compare_exempt_arm_trains_with_special_tokens_exempt_and_is_scored_like_the_others(tmp_path):
     """--exempt_alphas 1 adds the arm alpha-1-exempt: it trains with pdl_exempt_special_tokens (its saved config lists
     the exempt ids, eos among them), while its validation PDL uses the same weights as every other arm's."""
