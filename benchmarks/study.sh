@@ -5,6 +5,9 @@
 #
 #   bash benchmarks/study.sh TASK [TASK ...]           # dialogue, code, summarization; resumable, run it again to go on
 #   bash benchmarks/study.sh TASK [TASK ...] --report  # only redraw docs/results/study/TASK.md from committed results
+#   bash benchmarks/study.sh TASK --exempt [--report]  # the same plan with two more arms: alpha 0.5 and 1.0 trained
+#                                                      # with pdl_exempt_special_tokens (end-of-turn token at the mean
+#                                                      # weight); the runs already committed are skipped
 #
 # Two workers run the same pdl-compare command (one thread each): each holds the run it trains (a lock file beside the
 # run's folder, freed when its process ends) and takes the next run nobody holds, so neither core waits while runs are
@@ -19,12 +22,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-usage="usage: bash benchmarks/study.sh TASK [TASK ...] [--report]   (TASK: dialogue, code, summarization)"
-tasks=() report_only=false
+usage="usage: bash benchmarks/study.sh TASK [TASK ...] [--exempt] [--report]   (TASK: dialogue, code, summarization)"
+tasks=() report_only=false exempt=()
 for arg in "$@"; do
     case "$arg" in
         dialogue|code|summarization) tasks+=("$arg") ;;
         --report) report_only=true ;;
+        --exempt) exempt=(--exempt_alphas 0.5,1.0) ;;
         *) echo "unknown argument '$arg'; $usage" >&2; exit 2 ;;
     esac
 done
@@ -45,7 +49,8 @@ study_command() {  # the pdl-compare command of one task, in the array `pdl_comp
             size=(--max_steps 150 --warmup_steps 5 --eval_steps 25 --checkpoint_steps 25 --alpha_warmup_steps 75
                   --max_eval_samples 64 --max_prompts 64 --max_new_tokens 48 --reference_alpha 0.75) ;;
     esac
-    pdl_compare=(.venv/bin/pdl-compare --config "recipes/offline/${task}_lora.yaml" "${common[@]}" "${size[@]}")
+    pdl_compare=(.venv/bin/pdl-compare --config "recipes/offline/${task}_lora.yaml" "${common[@]}" "${size[@]}"
+                 ${exempt[@]+"${exempt[@]}"})
 }
 
 draw_reports() {
@@ -57,12 +62,14 @@ if $report_only; then
     draw_reports; exit
 fi
 
-run_worker() {  # worker I of 2: every task in turn, each run that the other worker does not hold
-    local worker=$1 task
+run_worker() {  # worker I of 2: every task in turn, each run that the other worker does not hold; a task whose runs
+    local worker=$1 task status=0  # failed (pdl-compare exits 2 after the others) does not stop the next task
     for task in "${tasks[@]}"; do
         study_command "$task"
-        OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 "${pdl_compare[@]}" > "outputs/study/$task-worker-$worker.log" 2>&1 || return
+        OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 "${pdl_compare[@]}" > "outputs/study/$task-worker-$worker.log" 2>&1 \
+            || status=$?
     done
+    return "$status"
 }
 
 mkdir -p outputs/study
