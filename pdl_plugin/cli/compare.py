@@ -140,7 +140,8 @@ def compare(argv: list[str]) -> Path:
                         if options.fail_fast:
                             raise
                         _report_failure(console, name, err)
-                        failed.append(f"{arm.name} seed {seed}")
+                        reason = str(err) if isinstance(err, PDLError) else f"{type(err).__name__}: {err}"
+                        failed.append(f"{arm.name} seed {seed}: {reason}")
                         continue
                     console.print(f"{name}: finished in {time.perf_counter() - started:.0f} s")
     try:
@@ -153,9 +154,9 @@ def compare(argv: list[str]) -> Path:
         console.print(f"Report: {path}")
     if failed:
         reported = "the report has the finished runs only" if path else "no run finished, so no report"
-        raise PDLError(f"{len(failed)} run{'s' if len(failed) > 1 else ''} of this process failed: {', '.join(failed)} "
-                       f"(their errors are printed above; {reported}). Mend the cause and run the same command again: "
-                       "finished runs are skipped, the failed ones run again.")
+        runs = f"{len(failed)} run{'s' if len(failed) > 1 else ''}"
+        raise PDLError(f"{runs} of this process failed ({reported}; mend the cause and run the same command again: "
+                       "finished runs are skipped, the failed ones run again). " + " | ".join(failed))
     return path
 
 
