@@ -139,9 +139,7 @@ def compare(argv: list[str]) -> Path:
                     except Exception as err:  # not KeyboardInterrupt: Ctrl-C stops the study
                         if options.fail_fast:
                             raise
-                        _report_failure(console, name, err)
-                        reason = str(err) if isinstance(err, PDLError) else f"{type(err).__name__}: {err}"
-                        failed.append(f"{arm.name} seed {seed}: {reason}")
+                        failed.append(f"{arm.name} seed {seed}: {_report_failure(console, name, err)}")
                         continue
                     console.print(f"{name}: finished in {time.perf_counter() - started:.0f} s")
     try:
@@ -160,18 +158,20 @@ def compare(argv: list[str]) -> Path:
     return path
 
 
-def _report_failure(console: Console, name: str, err: Exception) -> None:
+def _report_failure(console: Console, name: str, err: Exception) -> str:
     """Say why a run failed and go on: one line for our own errors (the message names the fix), the traceback for
     anything else (a bug, or a library's error), so that a study left running overnight loses no run to another's
-    failure and no failure's cause."""
+    failure and no failure's cause. Returns the reason in one line, for the closing error."""
     if isinstance(err, PDLError):
         console.print(f"[bold red]{name}: failed:[/] {err}", highlight=False)
-    else:
-        console.print(f"[bold red]{name}: failed with {type(err).__name__}:[/]", highlight=False)
-        console.print_exception()
+        return str(err)
+    console.print(f"[bold red]{name}: failed with {type(err).__name__}:[/]", highlight=False)
+    console.print_exception()
+    return f"{type(err).__name__}: {err}"
 
 
-_VALUE_FLAGS_DROPPED = ("--report=", "--shard=", "--checkpoint_steps=")
+_FLAGS_DROPPED = ("--report_only", "--fail_fast")
+_VALUE_FLAGS_DROPPED = ("--report", "--shard", "--checkpoint_steps")
 
 
 def _study_argv(argv: list[str]) -> list[str]:
@@ -182,10 +182,10 @@ def _study_argv(argv: list[str]) -> list[str]:
     for item in argv:
         if skip:
             skip = False
-        elif item in ("--report_only", "--fail_fast") or item.startswith(_VALUE_FLAGS_DROPPED):
-            continue
-        elif item in ("--report", "--shard", "--checkpoint_steps"):
+        elif item in _VALUE_FLAGS_DROPPED:  # `--report PATH`: drop the value that follows too
             skip = True
+        elif item in _FLAGS_DROPPED or item.split("=")[0] in _VALUE_FLAGS_DROPPED:  # `--report=PATH`
+            continue
         else:
             shown.append(item)
     return shown
