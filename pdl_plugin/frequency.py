@@ -23,6 +23,13 @@ from .weights import token_weights_from_counts
 
 TABLE_FORMAT = "pdl-frequency-table/1"
 TABLE_FILENAME = "pdl_frequency_table.safetensors"
+# What a table counts (metadata `kind`; files written before it existed count trained tokens):
+#   trained_tokens: the trained targets of a training set (labels != -100), whole counts: a task table
+#   all_tokens:     every token of a text corpus (a general corpus has no completions), whole counts: a prior
+#   model_prior:    a base model's expected count of each token over the trained positions, sum of p(t | context):
+#                   fractional counts (float64), the whole vocabulary: a prior
+TABLE_KINDS = ("trained_tokens", "all_tokens", "model_prior")
+FRACTIONAL_KINDS = ("model_prior",)
 IGNORE_INDEX = -100
 _REQUIRED_METADATA = ("format", "tokenizer_fingerprint", "total_tokens", "masking", "data_fingerprint")
 _INT64_MAX = int(np.iinfo(np.int64).max)
@@ -46,10 +53,10 @@ def special_token_ids(tokenizer, rows: int | None = None) -> list[int]:
 
 
 def settings_weights(table: FrequencyTable, settings, tokenizer) -> torch.Tensor:
-    """The weights a run with these `PDLSettings` trains with at full alpha (for tables printed and plotted)."""
-    exempt = special_token_ids(tokenizer, len(table.counts)) if settings.pdl_exempt_special_tokens else ()
-    return table.weights(settings.pdl_alpha, settings.pdl_epsilon, settings.pdl_normalize, settings.pdl_max_weight,
-                         settings.pdl_unseen_weight, exempt)
+    """Moved to `pdl_plugin.run_weights.settings_weights` (the one place settings become weights)."""
+    from .run_weights import settings_weights as moved
+
+    return moved(table, settings, tokenizer)
 
 
 _COUNTS_TYPE_HELP = (
@@ -58,8 +65,9 @@ _COUNTS_TYPE_HELP = (
 )
 
 
-def _as_counts(values) -> torch.Tensor:
-    """`values` as a 1-D int64 tensor, refusing anything that is not a list of whole, finite, non-negative counts.
+def _as_counts(values, fractional: bool = False) -> torch.Tensor:
+    """`values` as a 1-D int64 tensor (float64 with `fractional`: a model prior's expected counts), refusing anything
+    that is not a list of whole, finite, non-negative counts.
 
     Raises `TypeError` for a value of the wrong kind (a string, None, a dict, complex numbers) and
     `FrequencyTableError` for numbers that cannot be counts (NaN, infinite, fractional, negative, beyond int64, or
@@ -107,12 +115,14 @@ def _as_counts(values) -> torch.Tensor:
                 f"counts has {int(inf.sum())} infinite entries (the first at token id {int(inf.nonzero()[0])}): counts "
                 "must be whole numbers. Recount the table with pdl-freq."
             )
-        fractional = tensor != torch.floor(tensor)
-        if fractional.any():
-            first = int(fractional.nonzero()[0])
+        if fractional:
+            return _as_expected_counts(tensor)
+        not_whole = tensor != torch.floor(tensor)
+        if not_whole.any():
+            first = int(not_whole.nonzero()[0])
             raise FrequencyTableError(
                 f"counts must be whole numbers, but token id {first} has {float(tensor[first])!r} "
-                f"({int(fractional.sum())} fractional entries). They are refused rather than truncated; pass integer "
+                f"({int(not_whole.sum())} fractional entries). They are refused rather than truncated; pass integer "
                 "counts (e.g. from pdl-freq or count_trained_tokens)."
             )
         if (tensor.abs() >= 2.0**63).any():
@@ -120,6 +130,8 @@ def _as_counts(values) -> torch.Tensor:
     if tensor.dtype == torch.uint64:
         if int(tensor.max()) > _INT64_MAX:
             raise FrequencyTableError(f"counts has the entry {int(tensor.max())}, beyond what int64 holds.")
+    if fractional:
+        return _as_expected_counts(tensor.double())
     tensor = tensor.to(torch.int64)
     if (tensor < 0).any():
         first = int((tensor < 0).nonzero()[0])
@@ -129,6 +141,17 @@ def _as_counts(values) -> torch.Tensor:
         )
     _check_total_fits(tensor)
     return tensor
+
+
+def _as_expected_counts(tensor: torch.Tensor) -> torch.Tensor:
+    """A model prior's expected counts: finite (checked by the caller) and >= 0, kept as float64."""
+    if (tensor < 0).any():
+        first = int((tensor < 0).nonzero()[0])
+        raise FrequencyTableError(
+            f"expected counts have negative entries (token id {first}: {float(tensor[first])}): the table is corrupt. "
+            "Recount it with `pdl-freq --model-prior`."
+        )
+    return tensor.to(torch.float64)
 
 
 def _check_total_fits(counts: torch.Tensor) -> None:
@@ -148,7 +171,8 @@ def _check_total_fits(counts: torch.Tensor) -> None:
 class FrequencyTable:
     """How often each vocabulary row is a trained target (label != -100) in a dataset.
 
-    ``counts`` has one int64 entry per row of the model's output embedding, so it indexes directly with labels.
+    ``counts`` has one entry per row of the model's output embedding, so it indexes directly with labels: int64
+    counts, or float64 expected counts for a `model_prior` table. ``kind`` says what was counted (`TABLE_KINDS`).
     """
 
     counts: torch.Tensor
@@ -156,9 +180,12 @@ class FrequencyTable:
     masking: str
     data_fingerprint: str
     extra: dict[str, str] = field(default_factory=dict)
+    kind: str = "trained_tokens"
 
     def __post_init__(self) -> None:
-        self.counts = _as_counts(self.counts)
+        if self.kind not in TABLE_KINDS:
+            raise FrequencyTableError(f"A table's kind must be one of {TABLE_KINDS}, got {self.kind!r}.")
+        self.counts = _as_counts(self.counts, fractional=self.kind in FRACTIONAL_KINDS)
         for name in ("tokenizer_fingerprint", "masking", "data_fingerprint"):
             if not isinstance(getattr(self, name), str):
                 raise TypeError(f"FrequencyTable {name} must be a string, got {type(getattr(self, name)).__name__}.")
@@ -170,8 +197,9 @@ class FrequencyTable:
         return int(self.counts.numel())
 
     @property
-    def total(self) -> int:
-        return int(self.counts.sum())
+    def total(self) -> int | float:
+        """Tokens counted (a float for a model prior's expected counts)."""
+        return float(self.counts.sum()) if self.counts.is_floating_point() else int(self.counts.sum())
 
     @property
     def frequencies(self) -> torch.Tensor:
@@ -217,6 +245,7 @@ class FrequencyTable:
             "vocab_size": str(self.vocab_size),
             "masking": self.masking,
             "data_fingerprint": self.data_fingerprint,
+            "kind": self.kind,
         }
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -257,16 +286,20 @@ class FrequencyTable:
                 f"{missing or ['counts'] if 'counts' not in tensors else ['format ' + TABLE_FORMAT]}). "
                 "Recount it with `pdl-freq`."
             )
-        counts = tensors["counts"]
-        if counts.dtype != torch.int64:
-            raise FrequencyTableError(f"{path}: `counts` must be int64, got {counts.dtype}. Recount it with pdl-freq.")
+        counts, kind = tensors["counts"], metadata.get("kind", "trained_tokens")
+        wanted = torch.float64 if kind in FRACTIONAL_KINDS else torch.int64
+        if counts.dtype != wanted:
+            raise FrequencyTableError(f"{path}: `counts` of a {kind!r} table must be {wanted}, got {counts.dtype}. "
+                                      "Recount it with pdl-freq.")
         try:
             table = cls(
                 counts=counts,
                 tokenizer_fingerprint=metadata["tokenizer_fingerprint"],
                 masking=metadata["masking"],
                 data_fingerprint=metadata["data_fingerprint"],
-                extra={k: v for k, v in metadata.items() if k not in _REQUIRED_METADATA and k != "vocab_size"},
+                extra={k: v for k, v in metadata.items()
+                       if k not in _REQUIRED_METADATA and k not in ("vocab_size", "kind")},
+                kind=kind,
             )
         except FrequencyTableError as err:
             raise FrequencyTableError(f"{path}: {err}") from None
@@ -424,6 +457,10 @@ def merge_tables(tables: list[FrequencyTable]) -> FrequencyTable:
     first = tables[0]
     for other in tables[1:]:
         other.check_compatible(first.tokenizer_fingerprint, first.vocab_size, source="A table to merge")
+        if other.kind != first.kind:
+            raise FrequencyTableError(
+                f"Cannot merge a {other.kind!r} table into a {first.kind!r} one: they count different things."
+            )
         if other.masking != first.masking:
             raise FrequencyTableError(
                 f"Cannot merge a table counted with masking {other.masking!r} into one counted with {first.masking!r}: "
@@ -436,4 +473,27 @@ def merge_tables(tables: list[FrequencyTable]) -> FrequencyTable:
         masking=first.masking,
         data_fingerprint=hashlib.sha256(parts.encode()).hexdigest()[:16],
         extra={"merged_from": str(len(tables))},
+        kind=first.kind,
     )
+
+
+def data_fingerprint(dataset) -> str:
+    """The prepared dataset's identity for the table's metadata: a hash of its label column, row by row.
+
+    Computed from the labels alone, so the trainer and the host's pdl-freq command, which prepare the same tokens
+    through different code paths (other columns, other `map` calls, hence other `datasets` fingerprints), record the
+    same value for the same data.
+    """
+    import hashlib
+
+    import numpy as np
+    from datasets import Dataset
+
+    if not isinstance(dataset, Dataset) or "labels" not in (dataset.column_names or []):
+        return getattr(dataset, "_fingerprint", None) or "unavailable"
+    digest = hashlib.sha256()
+    for batch in dataset.select_columns(["labels"]).with_format("arrow").iter(batch_size=65536):
+        labels = batch["labels"].combine_chunks() if hasattr(batch["labels"], "combine_chunks") else batch["labels"]
+        digest.update(labels.value_lengths().fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64).tobytes())
+        digest.update(labels.flatten().to_numpy(zero_copy_only=False).astype(np.int64).tobytes())
+    return digest.hexdigest()[:16]

@@ -98,8 +98,10 @@ class PDLTrainerMixin:
         gather = None
         if self.args.average_tokens_across_devices and self.args.world_size > 1:
             gather = lambda total: self.accelerator.gather(total).sum()  # noqa: E731
+        # Evaluation (transformers counts each eval batch alone) weighs with the full alpha, as the eval loss does
+        step = self.state.global_step if self.model.training else None
         return self.pdl_engine.step_denominator(
-            [shifted_labels(batch) for batch in batch_samples], device, self.state.global_step,
+            [shifted_labels(batch) for batch in batch_samples], device, step,
             all_reduce=gather, ranks_per_batch=self._pdl_ranks_per_batch(),
         )
 

@@ -338,6 +338,10 @@ def check_before_training(recipe: Recipe) -> None:
             f"pdl_freq_path {training.pdl_freq_path} does not exist. Count a table with `pdl-freq --config RECIPE.yaml "
             "--output TABLE`, or remove `pdl_freq_path` to count the training set."
         )
+    if training.loss_type == "pdl" and training.pdl_prior_path:
+        from .run_weights import read_prior_file
+
+        read_prior_file(training.pdl_prior_path)
 
 
 def check_training_data(recipe: Recipe, train_dataset) -> None:

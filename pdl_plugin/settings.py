@@ -61,6 +61,38 @@ class PDLSettings:
             "(e.g. 20). Default: no cap, exactly equation (3)."
         },
     )
+    pdl_min_weight: float | None = field(
+        default=None,
+        metadata={
+            "help": "Optional floor on a token's weight, as a multiple of the same mean weight pdl_max_weight uses "
+            "(count-weighted over the trained tokens). With 1, no trained token counts for less than the average "
+            "trained token and only rare tokens are boosted: the bounded form of token-level adaptive training (Gu "
+            "et al., 2020). Applied before the special-token exemption and the 'token' rescaling. Default: no floor."
+        },
+    )
+    pdl_ce_mix: float = field(
+        default=0.0,
+        metadata={
+            "help": "Cross-entropy anchor lambda in [0, 1]: the loss of an optimizer step is lambda * (plain mean "
+            "cross-entropy of its trained tokens) + (1 - lambda) * (its PDL), each part with its own exact "
+            "denominator. 0 (default) is PDL, 1 is plain cross-entropy."
+        },
+    )
+    pdl_prior_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "A prior frequency table to mix into the task's (a general corpus counted by `pdl-freq "
+            "--all-tokens`, a base model's expected frequencies from `pdl-freq --model-prior`, or a larger in-domain "
+            "set's table). Needs pdl_prior_mix. Default: none, the task table alone."
+        },
+    )
+    pdl_prior_mix: float | None = field(
+        default=None,
+        metadata={
+            "help": "beta in [0, 1]: freq(t) = (1 - beta) * task frequency + beta * prior frequency, then equation "
+            "(3). Set it with pdl_prior_path (the paper's section 4.3: small sets count most tokens 0-2 times)."
+        },
+    )
     pdl_alpha_warmup_steps: int = field(
         default=0,
         metadata={
@@ -112,7 +144,10 @@ SETTING_NAMES = tuple(f.name for f in dataclasses.fields(PDLSettings))
 DEFAULTS = {f.name: f.default for f in dataclasses.fields(PDLSettings)}
 # The settings that define the loss: resuming with any of them changed would change the loss mid-run
 RESUME_KEYS = ("pdl_alpha", "pdl_epsilon", "pdl_normalize", "pdl_max_weight", "pdl_alpha_warmup_steps",
-               "pdl_unseen_weight", "pdl_exempt_special_tokens")
+               "pdl_unseen_weight", "pdl_exempt_special_tokens", "pdl_min_weight", "pdl_ce_mix", "pdl_prior_mix")
+# What a setting was before it existed, for a run saved by an older version (its loss had none of them)
+ABSENT_BEFORE = {"pdl_exempt_special_tokens": False, "pdl_min_weight": None, "pdl_ce_mix": 0.0,
+                 "pdl_prior_mix": None}
 
 
 # ---- checks ------------------------------------------------------------------------------------------------------
@@ -160,13 +195,16 @@ def validate_values(values: Mapping[str, Any]) -> dict[str, Any]:
     out["pdl_alpha"] = as_number("pdl_alpha", values["pdl_alpha"])
     out["pdl_epsilon"] = as_number("pdl_epsilon", values["pdl_epsilon"])
     check_alpha_epsilon(out["pdl_alpha"], out["pdl_epsilon"])
-    if values["pdl_max_weight"] is not None:
-        out["pdl_max_weight"] = as_number("pdl_max_weight", values["pdl_max_weight"])
-        if not (out["pdl_max_weight"] > 0 and math.isfinite(out["pdl_max_weight"])):
-            raise PDLConfigError(
-                f"pdl_max_weight must be a finite number > 0 (a multiple of the mean weight, e.g. 20) or unset, "
-                f"got {out['pdl_max_weight']}."
-            )
+    out["pdl_max_weight"] = _optional_multiple("pdl_max_weight", values["pdl_max_weight"], "e.g. 20")
+    out["pdl_min_weight"] = _optional_multiple("pdl_min_weight", values["pdl_min_weight"], "e.g. 1")
+    if out["pdl_min_weight"] is not None and out["pdl_max_weight"] is not None and \
+            out["pdl_min_weight"] > out["pdl_max_weight"]:
+        raise PDLConfigError(
+            f"pdl_min_weight {out['pdl_min_weight']} is above pdl_max_weight {out['pdl_max_weight']}: the floor would "
+            "lie above the cap. Lower the floor or raise the cap."
+        )
+    out["pdl_ce_mix"] = _fraction("pdl_ce_mix", values["pdl_ce_mix"], "0 is PDL, 1 plain cross-entropy")
+    out.update(_prior_values(values["pdl_prior_path"], values["pdl_prior_mix"]))
     warmup = values["pdl_alpha_warmup_steps"]
     if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
         raise PDLConfigError(f"pdl_alpha_warmup_steps must be a whole number >= 0, got {warmup!r}.")
@@ -180,6 +218,43 @@ def validate_values(values: Mapping[str, Any]) -> dict[str, Any]:
     for name in ("pdl_exempt_special_tokens", "pdl_resume_without_table"):
         _check_bool(name, values[name])
     return out
+
+
+def _optional_multiple(name: str, value, example: str) -> float | None:
+    """A multiple of the mean weight (> 0, finite) or None."""
+    if value is None:
+        return None
+    number = as_number(name, value)
+    if not (number > 0 and math.isfinite(number)):
+        raise PDLConfigError(
+            f"{name} must be a finite number > 0 (a multiple of the mean weight, {example}) or unset, got {number}."
+        )
+    return number
+
+
+def _fraction(name: str, value, meaning: str) -> float:
+    number = as_number(name, value)
+    if not 0 <= number <= 1:
+        raise PDLConfigError(f"{name} must be a number in [0, 1] ({meaning}), got {number}.")
+    return number
+
+
+def _prior_values(path, mix) -> dict[str, Any]:
+    """`pdl_prior_path` and `pdl_prior_mix` go together: one without the other would be ignored or undefined."""
+    if path is not None and (not isinstance(path, str) or not path.strip()):
+        raise PDLConfigError(f"pdl_prior_path must be the path of a table, got {path!r}. Remove the key for no prior.")
+    if path is None and mix is not None:
+        raise PDLConfigError(
+            "pdl_prior_mix is set but pdl_prior_path is not, so there is no prior to mix. Set `pdl_prior_path` to a "
+            "table (`pdl-freq --all-tokens` or `--model-prior` writes one), or remove pdl_prior_mix."
+        )
+    if path is not None and mix is None:
+        raise PDLConfigError(
+            f"pdl_prior_path is set ({path}) but pdl_prior_mix is not: say how much of the prior to mix into the task "
+            "frequencies, e.g. `pdl_prior_mix: 0.5` (0 = the task table alone, 1 = the prior alone)."
+        )
+    return {"pdl_prior_path": path,
+            "pdl_prior_mix": None if mix is None else _fraction("pdl_prior_mix", mix, "the prior's share")}
 
 
 def _check_bool(name: str, value) -> None:

@@ -31,15 +31,20 @@ def token_weights_from_counts(
     max_weight: float | None = None,
     unseen: str = "rarest",
     exempt: Sequence[int] = (),
+    min_weight: float | None = None,
+    prior: torch.Tensor | None = None,
+    prior_mix: float = 0.0,
 ) -> torch.Tensor:
     """The per-vocabulary-row weights the loss uses, from raw counts of trained tokens.
 
     ``freq`` is the normalised frequency ``counts / counts.sum()`` (so ``epsilon`` has the same meaning whatever the
-    dataset size). ``unseen`` sets the weight of a token the table never counted: ``"rarest"`` gives it the weight of
+    dataset size); with a ``prior`` (normalised frequencies of a prior table) it is
+    ``(1 - prior_mix) * freq + prior_mix * prior``. ``unseen`` sets the weight of a token the table never counted: ``"rarest"`` gives it the weight of
     the rarest counted token (a token unseen in training is not infinitely informative; with equation (3) as it
     stands, epsilon 1e-6 and alpha 0.75 it would weigh ~31,600, more than a whole reply), ``"formula"`` keeps
-    equation (3), ``epsilon ** -alpha``. ``max_weight`` caps a weight at that multiple of the mean weight of the
-    counted tokens. The rows in ``exempt`` (the special tokens, with `pdl_exempt_special_tokens`) then get the mean
+    equation (3), ``epsilon ** -alpha`` (with a prior, "unseen" is counted by neither table). ``max_weight`` caps a
+    weight at that multiple of the mean weight of the counted tokens and ``min_weight`` raises it to at least that
+    multiple of the same mean (with 1, no trained token weighs less than the average one). The rows in ``exempt`` (the special tokens, with `pdl_exempt_special_tokens`) then get the mean
     weight of a counted token, so that each of their occurrences counts as much, against the average trained token, as
     under plain cross-entropy: the end-of-reply token is trained once per reply, so it is among the most frequent
     trained tokens, and PDL's weight for it teaches the model to stop less. With ``normalize="token"`` the weights are
@@ -59,20 +64,41 @@ def token_weights_from_counts(
             "The frequency table counts no trained token, so PDL weights are undefined. Check that the dataset "
             "has tokens whose label is not -100 (completion or assistant tokens)."
         )
-    freq = counts / total
+    freq = _mixed_frequencies(counts / total, prior, prior_mix)
     if unseen == "rarest":
-        freq = torch.where(counts > 0, freq, freq[counts > 0].min())
+        freq = torch.where(freq > 0, freq, freq[freq > 0].min())
     weights = pdl_weights(freq, alpha, epsilon).to(torch.float64)
-    if max_weight is not None:
-        if isinstance(max_weight, bool) or not isinstance(max_weight, (int, float)) or not 0 < max_weight < math.inf:
-            raise PDLConfigError(f"pdl_max_weight must be a finite number > 0 or unset, got {max_weight!r}.")
-        weights = weights.clamp(max=max_weight * _mean_over_counted(weights, counts))
+    if max_weight is not None or min_weight is not None:
+        mean = _mean_over_counted(weights, counts)
+        weights = weights.clamp(min=None if min_weight is None else _multiple("pdl_min_weight", min_weight) * mean,
+                                max=None if max_weight is None else _multiple("pdl_max_weight", max_weight) * mean)
     exempt = _as_rows(exempt, len(weights))
     if exempt.numel():
         weights[exempt] = _mean_over_counted(weights, counts)
     if normalize == "token":
         weights = weights / _mean_over_counted(weights, counts)
     return weights.to(torch.float32)
+
+
+def _mixed_frequencies(task: torch.Tensor, prior: torch.Tensor | None, mix: float) -> torch.Tensor:
+    """``(1 - mix) * task + mix * prior``, both normalised frequencies over the same vocabulary rows."""
+    if prior is None:
+        return task
+    prior = _as_float64(prior, "prior frequencies")
+    if prior.shape != task.shape:
+        raise PDLConfigError(f"The prior has {prior.numel()} rows but the task table {task.numel()}: they must count "
+                             "the same vocabulary. Make the prior with this model's tokenizer.")
+    if not torch.isfinite(prior).all() or (prior < 0).any() or not prior.sum() > 0:
+        raise PDLConfigError("Prior frequencies must be finite, >= 0 and not all 0.")
+    if isinstance(mix, bool) or not isinstance(mix, (int, float)) or not 0 <= mix <= 1:
+        raise PDLConfigError(f"pdl_prior_mix must be a number in [0, 1], got {mix!r}.")
+    return (1 - mix) * task + mix * (prior / prior.sum())
+
+
+def _multiple(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+        raise PDLConfigError(f"{name} must be a finite number > 0 or unset, got {value!r}.")
+    return float(value)
 
 
 def _as_float64(values, name: str) -> torch.Tensor:

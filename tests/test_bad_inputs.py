@@ -281,6 +281,12 @@ def _zero_table_file(tmp: Path) -> Path:
     return path
 
 
+def _damaged_file(tmp: Path) -> Path:
+    path = tmp / "damaged.safetensors"
+    path.write_bytes(_table_file(tmp, 0).read_bytes()[:300])
+    return path
+
+
 def _checkpoint_without_pdl_files(tmp: Path) -> list[str]:
     """A complete checkpoint (trainer_state.json is whole) that holds no PDL table: saved by a run without PDL."""
     folder = tmp / "out" / "checkpoint-2"
@@ -404,6 +410,41 @@ CASES: list[Case] = [
          r"zero.safetensors counts no trained token", not_message=r"max_length"),
     Case("resume-checkpoint-without-pdl-table", "pdl-sft", _checkpoint_without_pdl_files,
          r"holds no PDL table.*pdl_resume_without_table"),
+    # ---- the protections on top of equation (3): floor, cross-entropy anchor, frequency prior
+    Case("min-weight-negative", "pdl-sft", lambda t: recipe_argv("pdl-sft", t, {"pdl_min_weight": -1}),
+         r"pdl_min_weight must be a finite number > 0", before_data=True),
+    Case("min-weight-above-max-weight", "pdl-sft",
+         lambda t: recipe_argv("pdl-sft", t, {"pdl_min_weight": 5, "pdl_max_weight": 2}),
+         r"pdl_min_weight 5.0 is above pdl_max_weight 2.0", before_data=True),
+    Case("ce-mix-out-of-range", "pdl-sft", lambda t: recipe_argv("pdl-sft", t, {"pdl_ce_mix": 1.5}),
+         r"pdl_ce_mix must be a number in \[0, 1\]", before_data=True),
+    Case("ce-mix-with-nll", "pdl-sft",
+         lambda t: recipe_argv("pdl-sft", t, {"loss_type": "nll", "pdl_ce_mix": 0.5}, drop=("pdl_alpha",)),
+         r"pdl_ce_mix set but loss_type is 'nll'", before_data=True),
+    Case("prior-with-nll", "pdl-sft",
+         lambda t: recipe_argv("pdl-sft", t, {"loss_type": "nll", "pdl_prior_path": str(_table_file(t, 0)),
+                                              "pdl_prior_mix": 0.5}, drop=("pdl_alpha",)),
+         r"pdl_prior_path, pdl_prior_mix set but loss_type is 'nll'", before_data=True),
+    Case("prior-mix-without-path", "pdl-sft", lambda t: recipe_argv("pdl-sft", t, {"pdl_prior_mix": 0.5}),
+         r"pdl_prior_mix is set but pdl_prior_path is not", before_data=True),
+    Case("prior-path-without-mix", "pdl-sft",
+         lambda t: recipe_argv("pdl-sft", t, {"pdl_prior_path": str(_table_file(t, 0))}),
+         r"pdl_prior_path is set .* but pdl_prior_mix is not", before_data=True),
+    Case("prior-mix-out-of-range", "pdl-sft",
+         lambda t: recipe_argv("pdl-sft", t, {"pdl_prior_path": str(_table_file(t, 0)), "pdl_prior_mix": 2}),
+         r"pdl_prior_mix must be a number in \[0, 1\]", before_data=True),
+    Case("prior-file-missing", "pdl-sft",
+         lambda t: recipe_argv("pdl-sft", t, {"pdl_prior_path": str(t / "nope.safetensors"), "pdl_prior_mix": 0.5}),
+         r"pdl_prior_path .*nope\.safetensors does not exist.*--model-prior", before_data=True),
+    Case("prior-file-damaged", "pdl-sft",
+         lambda t: recipe_argv("pdl-sft", t, {"pdl_prior_path": str(_damaged_file(t)), "pdl_prior_mix": 0.5}),
+         r"pdl_prior_path: .*damaged\.safetensors is not a readable safetensors", before_data=True),
+    Case("prior-file-empty", "pdl-sft",
+         lambda t: recipe_argv("pdl-sft", t, {"pdl_prior_path": str(_zero_table_file(t)), "pdl_prior_mix": 0.5}),
+         r"prior table .*zero\.safetensors counts nothing", before_data=True),
+    Case("prior-other-vocabulary", "pdl-sft",
+         lambda t: recipe_argv("pdl-sft", t, {"pdl_prior_path": str(_table_file(t, 8)), "pdl_prior_mix": 0.5}),
+         r"prior table .*table\.safetensors has 49160 entries.*--all-tokens", not_message=r"pdl_freq_path"),
 ]
 
 

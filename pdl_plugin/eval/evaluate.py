@@ -270,11 +270,17 @@ def validation_losses(model, tokenizer, recipe, table: FrequencyTable, reference
     if targets.size == 0:
         raise PDLConfigError("The validation rows hold no trained token (after masking and truncation), so there is "
                              "no validation loss: check `dataset_test_split` and the masking settings.")
-    exempt = (special_token_ids(tokenizer, len(table.counts)) if getattr(training, "pdl_exempt_special_tokens", False)
-              else ())
-    summary = loss_summary(targets, nll, table.counts.numpy(), float(reference_alpha), training.pdl_epsilon,
-                           getattr(training, "pdl_max_weight", None), exempt)
-    return summary | {"rows": len(validation_dataset), "rows_scored": len(prepared)}
+    from ..run_weights import exempt_ids, load_prior_for
+
+    settings = training.pdl_settings
+    exempt = exempt_ids(settings, table, special_token_ids(tokenizer, len(table.counts)))
+    prior = load_prior_for(settings, tokenizer, len(table.counts))
+    summary = loss_summary(targets, nll, table.counts.numpy(), float(reference_alpha), settings.pdl_epsilon,
+                           settings.pdl_max_weight, exempt, min_weight=settings.pdl_min_weight,
+                           prior=None if prior is None else prior.frequencies, prior_mix=settings.pdl_prior_mix or 0.0)
+    prior_used = None if prior is None else {"path": settings.pdl_prior_path, "kind": prior.kind,
+                                             "mix": settings.pdl_prior_mix}
+    return summary | {"rows": len(validation_dataset), "rows_scored": len(prepared), "pdl_prior": prior_used}
 
 
 @torch.no_grad()
@@ -340,14 +346,15 @@ def frequency_bucket(count: int) -> str:
 
 
 def loss_summary(targets, nll, counts, alpha: float, epsilon: float, max_weight: float | None = None,
-                 exempt=()) -> dict:
+                 exempt=(), *, min_weight: float | None = None, prior=None, prior_mix: float = 0.0) -> dict:
     """Validation losses from per-token NLL: everything is a mean over the same trained tokens.
 
     - `ce`: mean NLL.
     - `pdl`: ``sum w(y) nll / sum w(y)`` (the paper's weighted mean, `pdl_normalize: weighted`) with the PDL weights of
       the TRAINING table at `alpha`, `epsilon` (and the cap `max_weight`, if any), where a token the table never
       counted gets the weight of the rarest counted token (`pdl_unseen_weight: rarest`, the training default), and the
-      rows in `exempt` (the special tokens, when the recipe sets `pdl_exempt_special_tokens`) the mean weight.
+      rows in `exempt` (the special tokens, when the recipe sets `pdl_exempt_special_tokens`) the mean weight; the
+      recipe's floor (`min_weight`) and prior (frequencies `prior` mixed at `prior_mix`) apply as in training.
     - `pdl_formula`: the same with equation (3) as it stands for unseen tokens, ``epsilon ** -alpha`` (about 31,600 at
       epsilon 1e-6, alpha 0.75: one such token outweighs a whole reply), for comparison.
     - `ce_by_bucket`: the mean NLL of the tokens counted 0, 1-2, 3-10, 11-100 and more than 100 times in the training
@@ -358,7 +365,8 @@ def loss_summary(targets, nll, counts, alpha: float, epsilon: float, max_weight:
     targets = np.asarray(targets, dtype=np.int64)
     nll = np.asarray(nll, dtype=np.float64)
     counts_t = torch.as_tensor(np.asarray(counts), dtype=torch.int64)
-    weights = {policy: token_weights_from_counts(counts_t, alpha, epsilon, "weighted", max_weight, policy, exempt)
+    weights = {policy: token_weights_from_counts(counts_t, alpha, epsilon, "weighted", max_weight, policy, exempt,
+                                                 min_weight=min_weight, prior=prior, prior_mix=prior_mix)
                .double().numpy()[targets] for policy in ("rarest", "formula")}
     token_counts = np.asarray(counts)[targets]
     buckets = []
@@ -373,6 +381,7 @@ def loss_summary(targets, nll, counts, alpha: float, epsilon: float, max_weight:
         "pdl_alpha": float(alpha),
         "pdl_unseen_weight": UNSEEN_POLICY,
         "pdl_exempt_token_ids": [int(i) for i in exempt],
+        "pdl_min_weight": min_weight,
         "pdl_formula": float((weights["formula"] * nll).sum() / weights["formula"].sum()),
         "mean_weight": float(weights[UNSEEN_POLICY].mean()),
         "tokens": int(targets.size),

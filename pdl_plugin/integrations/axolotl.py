@@ -33,6 +33,7 @@ from ..frequency import IGNORE_INDEX, FrequencyTable, special_token_ids, tokeniz
 from ..fused_head import PDLHeadOutput
 from ..hf_trainer import PDLTrainerMixin
 from ..quantization import guard_cpu_4bit_gradients
+from ..run_weights import load_prior
 from ..settings import PDLSettings
 
 LOG = get_logger("axolotl.integrations.pdl")  # Axolotl shows INFO only for loggers under `axolotl`
@@ -176,16 +177,19 @@ class PDLPlugin(BasePlugin):
         return INPUT_ARGS
 
     def pre_model_load(self, cfg) -> None:
-        """Refuse an incompatible `pdl_freq_path` before the model is loaded (the trainer checks it again)."""
-        if cfg.get("loss_type") != "pdl" or not cfg.get("pdl_freq_path"):
+        """Refuse an incompatible `pdl_freq_path` or `pdl_prior_path` before the model is loaded (the trainer checks
+        them again)."""
+        if cfg.get("loss_type") != "pdl" or not (cfg.get("pdl_freq_path") or cfg.get("pdl_prior_path")):
             return
         from axolotl.loaders import load_tokenizer
 
         tokenizer = load_tokenizer(cfg)
         rows = expected_output_rows(cfg, tokenizer)
         try:
-            table = FrequencyTable.load(cfg.pdl_freq_path)
-            table.check_compatible(tokenizer_fingerprint(tokenizer), rows, source=f"The table {cfg.pdl_freq_path}")
+            if cfg.get("pdl_freq_path"):
+                table = FrequencyTable.load(cfg.pdl_freq_path)
+                table.check_compatible(tokenizer_fingerprint(tokenizer), rows, source=f"The table {cfg.pdl_freq_path}")
+            load_prior(PDLSettings.from_mapping(cfg), tokenizer_fingerprint(tokenizer), rows, "axolotl pdl-freq CONFIG")
         except FrequencyTableError as err:
             raise FrequencyTableError(with_command(str(err), RECOUNT_COMMAND)) from None
 
