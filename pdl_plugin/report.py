@@ -25,10 +25,13 @@ def ranked_token_ids(table: FrequencyTable) -> torch.Tensor:
 
 
 def weight_summary_table(table: FrequencyTable, weights: torch.Tensor, tokenizer, k: int = 8) -> Table:
-    """The k most down-weighted (most frequent) and k most up-weighted (rarest) trained tokens."""
+    """The k most down-weighted and k most up-weighted trained tokens, by weight (with a floor, a cap or a prior the
+    weight order is not the frequency order); ties in the task table's frequency order."""
     order = ranked_token_ids(table)
     relative = relative_weights(table, weights)
-    rows = [("down", order[:k]), ("up", order.flip(0)[:k])]
+    down = order[torch.argsort(relative[order], stable=True)]
+    up = order.flip(0)[torch.argsort(relative[order.flip(0)], descending=True, stable=True)]
+    rows = [("down", down[:k]), ("up", up[:k])]
     view = Table(title=f"PDL weights: most down- and up-weighted of {len(order):,} distinct trained tokens")
     for column in ("", "token", "id", "count", "freq", "weight / mean"):
         view.add_column(column, justify="left" if column in ("", "token") else "right")

@@ -42,8 +42,10 @@ def _print_summary(trainer: PDLSFTTrainer) -> None:
     console.print(f"Frequency table: {output_dir / TABLE_FILENAME}\nPDL settings:    {output_dir / SETTINGS_FILENAME}")
     console.print(
         f"PDL alpha={args.pdl_alpha} epsilon={args.pdl_epsilon} normalize={args.pdl_normalize} "
-        f"max_weight={args.pdl_max_weight}; {trainer.pdl_table.total:,} trained tokens counted "
-        f"({trainer.pdl_table.masking}), {int((trainer.pdl_table.counts > 0).sum()):,} distinct."
+        f"max_weight={args.pdl_max_weight} min_weight={args.pdl_min_weight} ce_mix={args.pdl_ce_mix}"
+        + (f" prior={args.pdl_prior_path} (mix {args.pdl_prior_mix})" if args.pdl_prior_path else "")
+        + f"; {trainer.pdl_table.total:,} trained tokens counted ({trainer.pdl_table.masking}), "
+        f"{int((trainer.pdl_table.counts > 0).sum()):,} distinct."
     )
     console.print(weight_summary_table(trainer.pdl_table, trainer.pdl_weights, trainer.processing_class))
     report = getattr(trainer, "pdl_preparation_report", None)  # a preparation.PreparationReport, when the trainer has one

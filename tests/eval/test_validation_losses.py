@@ -84,3 +84,15 @@ def test_token_nll_matches_full_logits_row_by_row():
     assert targets.tolist() == expected_targets == [7, 3, 3, 8, 4, 50, 2, 4]
     np.testing.assert_allclose(nll, expected_nll, rtol=1e-5)
     assert model.training  # mode restored
+
+
+def test_validation_pdl_applies_the_recipe_floor_and_prior():
+    # floor 1 x the count-weighted mean (2.05, as above): id 3's 1.6 and id 2's 2 rise to 2.05; ids 0, 1, 4 keep 4
+    got = loss_summary(TARGETS, NLL, COUNTS, alpha=1.0, epsilon=0.125, min_weight=1.0)
+    assert got["pdl"] == pytest.approx((4 * 2.0 + 4 * 1.0 + 2.05 * 0.5 + 2.05 * 0.25 + 4 * 3.0) / (4 + 4 + 2.05 * 2 + 4))
+    assert got["pdl_min_weight"] == 1.0
+    # prior: uniform over the 5 rows (0.2 each), mixed half and half with the task freq 0, 1/8, 3/8, 1/2, 0
+    # freq = 0.1, 0.1625, 0.2875, 0.35, 0.1 -> w = 1 / (freq + 0.125): 1/0.225, 1/0.2875, 1/0.4125, 1/0.475, 1/0.225
+    w = [1 / 0.225, 1 / 0.2875, 1 / 0.4125, 1 / 0.475, 1 / 0.225]
+    mixed = loss_summary(TARGETS, NLL, COUNTS, alpha=1.0, epsilon=0.125, prior=torch.ones(5), prior_mix=0.5)
+    assert mixed["pdl"] == pytest.approx(sum(a * b for a, b in zip(w, NLL, strict=True)) / sum(w))
