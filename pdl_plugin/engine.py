@@ -21,6 +21,7 @@ import json
 import logging
 import re
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -172,6 +173,28 @@ class PDLEngine:
                 f"(counted weights from {float(trained.min()):.3g} to {float(trained.max()):.3g}). Training would "
                 "produce NaN. Use an alpha in the paper's range [0.25, 1.5] and a small epsilon such as 1e-6, or cap "
                 "the weights with pdl_max_weight."
+            )
+        self._check_bounds_leave_a_reweighting(trained)
+
+    def _check_bounds_leave_a_reweighting(self, trained: torch.Tensor) -> None:
+        """Refuse a cap or floor so tight that every trained token weighs the same: PDL would silently be plain
+        cross-entropy (the exempt tokens left aside, they weigh the mean anyway)."""
+        s = self.settings
+        if s.pdl_alpha == 0 or (s.pdl_max_weight is None and s.pdl_min_weight is None):
+            return
+        kept = torch.ones(len(self.table.counts), dtype=torch.bool)
+        kept[list(self.exempt_ids)] = False
+        weights = self.weights[(self.table.counts > 0) & kept]
+        unbounded = weights_for_settings(replace(s, pdl_max_weight=None, pdl_min_weight=None), self.table,
+                                         prior=self.prior)[(self.table.counts > 0) & kept]
+        if weights.numel() > 1 and torch.allclose(weights, weights[0]) and not torch.allclose(unbounded, unbounded[0]):
+            bounds = ", ".join(f"{name} {getattr(s, name)}" for name in ("pdl_min_weight", "pdl_max_weight")
+                               if getattr(s, name) is not None)
+            raise PDLConfigError(
+                f"{bounds} give every trained token the same weight, so the loss would be plain cross-entropy "
+                "without a word. The weights are multiples of the mean weight: a cap must lie above 1 and a floor "
+                "below the largest weight / mean (e.g. pdl_max_weight: 20, pdl_min_weight: 1), or set pdl_alpha: 0 "
+                "for cross-entropy on purpose."
             )
 
     def alpha_at(self, step: int) -> float:

@@ -155,3 +155,13 @@ def test_end_of_turn_weight_share_is_logged():
     e.loss(torch.tensor([0.0, 0.0, 0.0]), torch.tensor([0, 2, 2]), step=0, training=True)
     share = e.pop_metrics("train", step=1)["pdl_end_of_turn_weight_share"]
     assert math.isclose(share, 20 / (5 / 3 + 20), rel_tol=1e-6)
+
+
+@pytest.mark.parametrize("bounds", [{"pdl_max_weight": 0.5}, {"pdl_min_weight": 4.0},
+                                    {"pdl_min_weight": 1.0, "pdl_max_weight": 1.0}])
+def test_bounds_that_make_every_weight_equal_are_refused(bounds):
+    # raw weights / mean: 5/9, 10/9, 10/3 (mean 3); a cap at 0.5 x mean or a floor at 4 x mean flattens all three
+    with pytest.raises(PDLConfigError, match="give every trained token the same weight"):
+        _engine(**bounds)
+    _engine(pdl_max_weight=2.0)  # caps only the rarest: still a reweighting
+    _engine(counts=torch.tensor([2, 2, 0, 0]), pdl_max_weight=0.5)  # equal counts: equal weights by nature, accepted
