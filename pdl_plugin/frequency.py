@@ -203,8 +203,11 @@ class FrequencyTable:
 
     @property
     def frequencies(self) -> torch.Tensor:
-        """Normalised frequencies (the ``freq`` of equation 3), float64."""
-        return self.counts.to(torch.float64) / max(self.total, 1)
+        """Normalised frequencies (the ``freq`` of equation 3), float64; all 0 for an empty table. (A model prior's
+        expected counts may sum to less than 1, so the total is not floored at 1.)"""
+        counts = self.counts.to(torch.float64)
+        total = counts.sum()
+        return counts / total if total > 0 else counts
 
     def weights(
         self,

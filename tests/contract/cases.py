@@ -40,6 +40,7 @@ Q = "tests/test_qlora.py::"
 C = "tests/contract/test_trl_contract.py::"
 A = "tests/integrations/test_axolotl_train.py::"
 X = "tests/integrations/test_axolotl_contract.py::"
+V = "tests/contract/test_trl_variants.py::"
 
 CASES: tuple[Case, ...] = (
     Case(
@@ -136,6 +137,58 @@ CASES: tuple[Case, ...] = (
         "direct formula on full logits (TRL) or a fresh model from the recorded LoRA weights (Axolotl)",
         trl=(T + "test_exempt_special_tokens_train_eos_with_the_mean_weight",),
         axolotl=(A + "test_exempt_special_tokens_logged_loss_equals_independent_pdl",),
+    ),
+    Case(
+        "weight_floor",
+        "with pdl_min_weight m every weight is max(eq. (3), m * the count-weighted mean of eq. (3)), before the "
+        "exemption; the loss and gradient follow, under 4 x 1 accumulation as in one batch of 4 (relative <= 1e-5)",
+        "equation (3) on hand-counted tokens in float64 with the floor written out, and the direct formula on full "
+        "logits (TRL) or a fresh float64 model from the same weights (Axolotl)",
+        trl=(V + "test_weight_floor_loss_and_gradient_equal_direct_formula",),
+        axolotl=(X + "test_weight_floor_loss_and_gradient_equal_independent_pdl",),
+    ),
+    Case(
+        "ce_anchor",
+        "with pdl_ce_mix lambda a step's loss is lambda * (mean nll of its trained tokens) + (1 - lambda) * (its "
+        "PDL), each over every micro-batch of the step; 4 x 1 accumulation equals one batch of 4 (relative <= 1e-5); "
+        "ce_loss and pdl_loss are logged",
+        "both parts written out on full logits in float64 over the same rows, and their gradient",
+        trl=(V + "test_ce_anchor_loss_and_gradient_equal_direct_formula",),
+        axolotl=(X + "test_ce_anchor_loss_and_gradient_equal_independent_pdl",),
+    ),
+    Case(
+        "frequency_prior",
+        "with pdl_prior_path and pdl_prior_mix beta the weights are eq. (3) on (1 - beta) * task + beta * prior "
+        "frequencies; the loss and gradient follow (4 x 1 accumulation as one batch of 4); the prior is copied into "
+        "the run folder and recorded in pdl_config.json",
+        "both tables' counts mixed by hand in float64, eq. (3), the direct formula on full logits (TRL) or a fresh "
+        "float64 model (Axolotl)",
+        trl=(V + "test_prior_loss_and_gradient_equal_direct_formula",),
+        axolotl=(X + "test_prior_loss_and_gradient_equal_independent_pdl",),
+    ),
+    Case(
+        "variants_with_packing",
+        "with the floor, the anchor and the prior, packed / padding-free batches give the loss of the same tokens "
+        "unpacked (relative 1e-5)",
+        "the direct formula on each packed sequence scored alone, with the option written out",
+        trl=(V + "test_variants_with_packing_equal_the_same_tokens_unpacked",),
+        axolotl=(X + "test_variants_with_sample_packing_equal_independent_pdl",),
+    ),
+    Case(
+        "variants_resume_refuses_changed_value",
+        "resuming with a changed pdl_min_weight, pdl_ce_mix, pdl_prior_mix or prior table is refused with an error "
+        "naming it, and no file of the interrupted run changes",
+        "the error text, and the bytes of every file of the interrupted run before and after",
+        trl=(V + "test_resume_with_a_changed_variant_is_refused",),
+        axolotl=(X + "test_resume_with_a_changed_variant_is_refused_and_changes_no_file",),
+    ),
+    Case(
+        "end_of_turn_guard",
+        "without the exemption, an end-of-turn token weighing under a quarter of the mean weight gives one warning "
+        "line; its share of the step's weight is logged as pdl_end_of_turn_weight_share",
+        "the share written out from hand counts: sum of w(eos) over its trained positions / sum of w over all",
+        trl=(V + "test_end_of_turn_guard_warns_and_logs_its_weight_share",),
+        axolotl=(X + "test_end_of_turn_guard_warns_and_logs_its_weight_share",),
     ),
 )
 
