@@ -14,104 +14,45 @@ run that ends cleanly with zero of them gets the status `no_assertion`, never `p
 test against the dataset's own reference solution and refuses (a `PDLConfigError`) a test that executes no assertion
 there: that test is broken, whatever the model generates.
 
-Isolation, best effort on an unprivileged machine: a fresh interpreter (`-I`: no user site, no PYTHON* variables),
-an empty temporary working directory, a wall-clock timeout (the whole process group is killed), an address-space
-and CPU-time limit, and the socket module's constructors replaced by a function that refuses, so a program cannot
-open a network connection through Python. This is not a security sandbox against hostile code.
+Isolation (the child side is `sandbox.py`, which says how). Nothing is piped back, so `run_program` returns
+within `timeout` (plus two seconds at worst) whatever the run spawns. On Linux the run's whole process tree is killed
+at the timeout or when the tests end, children in new sessions included: through a pid namespace where unprivileged
+user namespaces are allowed, which also puts every process of the run in an empty network namespace, else as a child
+subreaper, where only the harness interpreter's sockets are refused (`ExecutionResult.isolation` says which). Output
+never enters this process: stdout is discarded and only the tail of stderr is read. Address space, CPU time and file
+size are limited per process. The verdict is signed with a per-run secret, so a run that ends early or writes the
+result file itself never passes. The tests run in an empty temporary folder as the evaluating user: they can read,
+write and delete that user's files. This is not a security sandbox against hostile code; run untrusted generations in
+a container or VM.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
+import secrets
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
-_PREAMBLE = '''\
-import socket as _socket
-def _no_network(*args, **kwargs):
-    raise OSError("network access is disabled in pdl-eval test runs")
-_socket.socket = _no_network
-_socket.create_connection = _no_network
-_socket.socketpair = _no_network
-try:
-    import resource as _resource
-    _resource.setrlimit(_resource.RLIMIT_AS, ({mem}, {mem}))
-    _resource.setrlimit(_resource.RLIMIT_CPU, ({cpu}, {cpu}))
-except (ImportError, ValueError, OSError):
-    pass
-del _socket, _no_network
-'''
+from . import sandbox
 
-# The harness: the program, then the (instrumented) tests, then `check(<entry_point>)`, all in one namespace. It writes
-# its verdict to a file outside the working directory; no file (the program ended the interpreter) is a failure.
-_HARNESS = '''
-import ast as _ast, builtins as _builtins, json as _json, sys as _sys, traceback as _traceback, types as _types
+logger = logging.getLogger(__name__)
 
-_count = [0]
-def _assertion_reached():
-    _count[0] += 1
-_builtins.__pdl_assertion_reached__ = _assertion_reached
-
-try:
-    import unittest as _unittest
-    def _counted(method):
-        def counted(self, *args, **kwargs):
-            _count[0] += 1
-            return method(self, *args, **kwargs)
-        return counted
-    for _name in list(vars(_unittest.TestCase)):
-        if _name.startswith("assert") or _name == "fail":
-            setattr(_unittest.TestCase, _name, _counted(getattr(_unittest.TestCase, _name)))
-except Exception:
-    pass
-
-class _CountAsserts(_ast.NodeTransformer):
-    def visit_Assert(self, node):
-        self.generic_visit(node)
-        call = _ast.Expr(_ast.Call(_ast.Name("__pdl_assertion_reached__", _ast.Load()), [], []))
-        return [_ast.copy_location(call, node), node]
-
-def _verdict(**fields):
-    with open({result!r}, "w", encoding="utf-8") as handle:
-        _json.dump(dict(fields, assertions=_count[0]), handle)
-
-_ENTRY_POINT = {entry_point!r}
-_stage = "program"
-_main = _types.ModuleType("__main__")  # the program and tests run as the main module (unittest.main() looks there)
-_sys.modules["__main__"] = _main
-_namespace = _main.__dict__
-try:
-    with open({program!r}, encoding="utf-8") as _handle:
-        _source = _handle.read()
-    try:
-        exec(compile(_source, "program.py", "exec"), _namespace)
-    except SystemExit as _exit:
-        raise RuntimeError(f"the program exited (status {{_exit.code!r}}) before the tests ran") from None
-    _stage = "tests"
-    with open({tests!r}, encoding="utf-8") as _handle:
-        _tree = _ast.fix_missing_locations(_CountAsserts().visit(_ast.parse(_handle.read(), "tests.py")))
-    try:
-        exec(compile(_tree, "tests.py", "exec"), _namespace)
-    except SystemExit as _exit:  # unittest.main() exits; 0 / None is a clean end
-        if _exit.code not in (None, 0):
-            raise
-    if _ENTRY_POINT and callable(_namespace.get("check")):
-        _stage = "check"
-        if _ENTRY_POINT not in _namespace:
-            raise NameError(f"the program defines no {{_ENTRY_POINT!r}} (the row's entry_point)")
-        _namespace["check"](_namespace[_ENTRY_POINT])
-except BaseException as _error:
-    _traceback.print_exc()
-    _verdict(status="failed", stage=_stage, error=f"{{type(_error).__name__}}: {{_error}}"[:300])
-    _sys.stdout.flush(); _sys.stderr.flush()
-    _sys.exit(1)
-_verdict(status="ok", stage="done")
-'''
+USE_NAMESPACES = True  # False forces the fallback without namespaces (the tests use it)
+_SANDBOX = Path(sandbox.__file__)
+_GRACE = 2.0  # seconds past the timeout before the evaluator kills the sandbox itself (its supervisor did not)
+_FILE_SIZE = 64 * 1024 * 1024  # RLIMIT_FSIZE of the run: stderr and any file it writes
+_READ_LIMIT = 64 * 1024  # what is read of stderr (its tail) and of the result file
+_ENV = {"LANG": "C.UTF-8", "no_proxy": "*", "http_proxy": "http://0.0.0.0:9", "https_proxy": "http://0.0.0.0:9"}
+_warned: set[str] = set()
 
 
 @dataclass
@@ -120,6 +61,7 @@ class ExecutionResult:
     status: str  # "passed", "failed", "timeout", "no_assertion" (the run ended cleanly but reached no assertion)
     detail: str = ""
     assertions: int = 0  # assertions of the test reached (including a failing one)
+    isolation: str = ""  # "namespaces", "subreaper" or "process group" (see sandbox.py); "" when no verdict came
 
 
 def run_program(program: str, tests: str, timeout: float = 10.0, memory_mb: int = 1024,
@@ -127,45 +69,105 @@ def run_program(program: str, tests: str, timeout: float = 10.0, memory_mb: int 
     """Run `program`, then `tests`, then `check(entry_point)` when an entry point is given and the tests define
     `check`, in a fresh Python. Passed when that ends cleanly within `timeout` seconds having reached at least one
     assertion of the tests."""
-    preamble = _PREAMBLE.format(mem=memory_mb * 1024 * 1024, cpu=max(1, int(timeout) + 1))
-    with tempfile.TemporaryDirectory(prefix="pdl-exec-") as folder:
+    secret = secrets.token_hex(32)
+    with tempfile.TemporaryDirectory(prefix="pdl-exec-", ignore_cleanup_errors=True) as folder, \
+            tempfile.TemporaryFile() as stderr:  # nameless: the run cannot replace it
         harness, workdir = Path(folder) / "harness", Path(folder) / "work"
         harness.mkdir()
         workdir.mkdir()
-        paths = {name: harness / f"{name}.py" for name in ("program", "tests", "runner")}
-        result_path = harness / "result.json"
-        paths["program"].write_text(program, encoding="utf-8")
-        paths["tests"].write_text(tests, encoding="utf-8")
-        paths["runner"].write_text(preamble + _HARNESS.format(
-            result=str(result_path), program=str(paths["program"]), tests=str(paths["tests"]),
-            entry_point=entry_point or None,
-        ), encoding="utf-8")
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8", "no_proxy": "*",
-               "http_proxy": "http://0.0.0.0:9", "https_proxy": "http://0.0.0.0:9"}
-        process = subprocess.Popen(
-            [sys.executable, "-I", str(paths["runner"])], cwd=workdir, env=env, stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-        )
-        try:
-            _, stderr = process.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.communicate()
-            return ExecutionResult(False, "timeout", f"no result within {timeout} s")
-        try:
-            verdict = json.loads(result_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            verdict = None
-    last_line = stderr.strip().splitlines()[-1] if stderr.strip() else ""
+        (harness / "program.py").write_text(program, encoding="utf-8")
+        (harness / "tests.py").write_text(tests, encoding="utf-8")
+        started = time.monotonic()
+        config = {"secret": secret, "program": str(harness / "program.py"), "tests": str(harness / "tests.py"),
+                  "result": str(harness / "result.json"), "entry_point": entry_point or None,
+                  "deadline": started + timeout, "namespaces": USE_NAMESPACES, "memory": memory_mb * 1024 * 1024,
+                  "cpu": max(1, int(timeout) + 1), "file_size": _FILE_SIZE}
+        returncode = _run_sandbox(config, workdir, stderr, timeout)
+        timed_out = returncode is None or time.monotonic() - started >= timeout
+        verdict, problem = _read_verdict(harness / "result.json", secret)
+        last_line = _last_line(stderr)
     if verdict is None:
-        reason = last_line or f"the interpreter ended (status {process.returncode}) before the harness finished"
+        if timed_out:
+            return ExecutionResult(False, "timeout", f"no result within {timeout} s")
+        reason = problem or last_line or f"the interpreter ended (status {returncode}) before the harness finished"
         return ExecutionResult(False, "failed", reason)
-    assertions = int(verdict.get("assertions", 0))
-    if verdict.get("status") != "ok" or process.returncode != 0:
-        return ExecutionResult(False, "failed", verdict.get("error") or last_line, assertions)
+    return _from_verdict(verdict, last_line)
+
+
+def _run_sandbox(config: dict, workdir: Path, stderr, timeout: float) -> int | None:
+    """Start `sandbox.py` in its own session and wait for it; its supervisor ends the run at the deadline. Nothing is
+    piped back, so no process of the run can hold this one up. None when it had to be killed here."""
+    process = subprocess.Popen(
+        [sys.executable, "-I", str(_SANDBOX)], cwd=workdir, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+        stderr=stderr, env=dict(_ENV, PATH=os.environ.get("PATH", "/usr/bin:/bin")), start_new_session=True,
+    )
+    with contextlib.suppress(OSError):  # it died before reading: the missing verdict says so
+        process.stdin.write(json.dumps(config).encode())
+    with contextlib.suppress(OSError):
+        process.stdin.close()
+    try:
+        return process.wait(timeout + _GRACE)
+    except subprocess.TimeoutExpired:
+        return None
+    finally:
+        try:  # the sandbox's group: itself and, with namespaces, the namespace's pid 1, whose death kills the rest
+            os.killpg(process.pid, signal.SIGKILL)
+        except OSError:
+            pass
+        process.wait()
+
+
+def _read_regular_file(path: Path) -> bytes | None:
+    """At most _READ_LIMIT bytes of `path`; None when it is missing, b"" when it is not a plain file. The run can
+    replace the file: a link, a FIFO or a device is neither followed nor read, so it cannot block this process."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return b""
+    with open(descriptor, "rb") as handle:
+        return handle.read(_READ_LIMIT) if stat.S_ISREG(os.fstat(descriptor).st_mode) else b""
+
+
+def _read_verdict(path: Path, secret: str) -> tuple[dict | None, str]:
+    """The verdict when the harness signed it, else None and why."""
+    content = _read_regular_file(path)
+    if content is None:
+        return None, ""
+    try:  # whatever the run wrote there: deep nesting, non-ASCII, any JSON
+        data = json.loads(content)
+        verdict, mac = data["verdict"], data["mac"]
+        if isinstance(verdict, dict) and isinstance(mac, str) and mac.isascii() and secrets.compare_digest(
+                mac, sandbox.sign(secret, verdict)):
+            return verdict, ""
+    except (ValueError, TypeError, KeyError, RecursionError):
+        pass
+    return None, "the result file was not written by the harness (the run ended before the tests did)"
+
+
+def _last_line(stderr) -> str:
+    """The last line of stderr, from its tail only: what the run prints never grows this process."""
+    try:
+        stderr.seek(max(0, os.fstat(stderr.fileno()).st_size - _READ_LIMIT))
+        tail = stderr.read(_READ_LIMIT).decode("utf-8", errors="replace").strip()
+    except OSError:
+        return ""
+    return tail.splitlines()[-1] if tail else ""
+
+
+def _from_verdict(verdict: dict, last_line: str) -> ExecutionResult:
+    assertions, isolation = int(verdict.get("assertions", 0)), str(verdict.get("isolation", ""))
+    if isolation != "namespaces" and isolation not in _warned:
+        _warned.add(isolation)
+        logger.warning("pass@1 runs without user namespaces here (isolation: %s): the tests' child processes can "
+                       "reach the network, and only this interpreter's sockets are refused.", isolation)
+    if verdict.get("status") != "ok":
+        return ExecutionResult(False, "failed", verdict.get("error") or last_line, assertions, isolation)
     if assertions == 0:
-        return ExecutionResult(False, "no_assertion", "the tests ran to the end without reaching any assertion", 0)
-    return ExecutionResult(True, "passed", "", assertions)
+        return ExecutionResult(False, "no_assertion", "the tests ran to the end without reaching any assertion", 0,
+                               isolation)
+    return ExecutionResult(True, "passed", "", assertions, isolation)
 
 
 def pass_at_1(programs: list[str], tests: list[str], timeout: float = 10.0,
