@@ -247,6 +247,8 @@ def _generation_metrics(examples: list[Example], generations: list[Generation], 
                                                  [e.entry_point for e, _ in tested])
         scored["pass_at_1_examples"] = len(tested)
         scored["pass_at_1_no_assertion"] = sum(r.status == "no_assertion" for r in results)
+        # what the harness could isolate on this machine (README, "What the harness isolates")
+        scored["pass_at_1_isolation"] = sorted({r.isolation for r in results if r.isolation})
     return scored
 
 
