@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import shutil
 from pathlib import Path
 
 from .errors import PDLConfigError
@@ -84,6 +85,16 @@ def _checkpoint_problem(folder: Path) -> str | None:
     except (OSError, ValueError):
         return "its trainer_state.json is truncated or unreadable"
     return None
+
+
+def remove_incomplete_checkpoint(folder: str | Path) -> bool:
+    """Remove a checkpoint folder whose save failed, unless it is complete (its trainer_state.json, written last, is
+    whole: then only a step after it failed). The space it held is freed, and no resume can take half of it."""
+    folder = Path(folder)
+    if not folder.is_dir() or _checkpoint_problem(folder) is None:
+        return False
+    shutil.rmtree(folder, ignore_errors=True)
+    return not folder.exists()
 
 
 def last_complete_checkpoint(output_dir) -> str | None:

@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING
 import yaml
 from trl import DatasetMixtureConfig, ModelConfig, ScriptArguments, TrlParser
 
+from .checkpoints import check_resume_checkpoint
 from .config import PDLSFTConfig
 from .data.embedded_model import EMBEDDED_PREFIX, resolve_embedded_model
 from .data.registry import resolve_embedded_dataset
-from .checkpoints import check_resume_checkpoint, last_complete_checkpoint
 from .errors import PDLConfigError, PDLDataError, PDLError
 
 if TYPE_CHECKING:
@@ -359,43 +359,42 @@ def check_training_data(recipe: Recipe, train_dataset) -> None:
 
 
 def save_final_model(trainer, output_dir: str | Path) -> Path:
-    """`trainer.save_model(output_dir)`, atomically: the files go to a temporary folder inside `output_dir` and are
-    moved into place once all are written, so a full disk leaves the previous adapter/model (and no half-written
-    README or weights) and raises `PDLWriteError`."""
-    from .files import save_folder_atomically
-    from .errors import PDLWriteError
-
-    writer = bool(trainer.args.should_save)
-
-    def save(tmp: Path) -> None:
-        trainer.accelerator.wait_for_everyone()  # the writer has made `tmp`; ranks that write shards may go
-        trainer.save_model(str(tmp), _internal_call=True)  # no hub push of a half-moved folder
-        trainer.accelerator.wait_for_everyone()  # every rank has written before the writer moves the files
-
-    try:
-        save_folder_atomically(output_dir, save, what="trained adapter/model", writer=writer)
-    except PDLWriteError as err:
-        last = last_complete_checkpoint(output_dir)
-        hint = f" The last checkpoint is {last}: resume from it once there is space." if last else ""
-        raise PDLWriteError(f"{err}{hint}", err.errno) from err
+    """Save a `PDLSFTTrainer`'s (any `PDLTrainerMixin`'s) adapter/model into `output_dir` with the run's PDL files,
+    atomically: everything goes to a temporary folder inside `output_dir` first, so a full disk leaves the previous
+    adapter/model and its PDL files as they were (no half-written README or weights, no table of another run) and
+    raises `PDLWriteError` (see `run_folder.save_run_folder`). No hub push: `run_recipe` pushes the finished folder."""
+    trainer.save_model(str(output_dir), _internal_call=True)
     trainer.accelerator.wait_for_everyone()
-    if trainer.args.push_to_hub:
-        trainer.push_to_hub(commit_message="Model save", revision=trainer.args.hub_revision)
     return Path(output_dir)
 
 
 def run_recipe(argv: list[str], callbacks: list | None = None):
     """Train with the recipe `--config RECIPE.yaml [--key value ...]` and save the model; returns the trainer.
-    `callbacks`: extra `TrainerCallback`s, as the Trainer takes them."""
+    `callbacks`: extra `TrainerCallback`s, as the Trainer takes them.
+
+    From the checks on, the main process holds `output_dir` (`run_folder.lock_run_folder`): a second run into it is
+    refused before its model loads. The hub push comes after, from the finished folder."""
+    from .run_folder import holding_run_folder
+
+    recipe = parse_recipe(argv)
+    training = recipe.training
+    check_before_training(recipe)
+    model_vocab_rows(recipe)  # a model that does not exist fails here, before the datasets load
+    with holding_run_folder(training.output_dir, hold=training.process_index == 0):
+        trainer = _train_recipe(recipe, callbacks)
+        save_final_model(trainer, training.output_dir)
+    if training.push_to_hub:
+        trainer.push_to_hub(commit_message="Model save", revision=training.hub_revision)
+    return trainer
+
+
+def _train_recipe(recipe: Recipe, callbacks: list | None):
     from trl import get_peft_config, get_quantization_config
 
     from .preparation import preparation_report
     from .trainer import PDLSFTTrainer
 
-    recipe = parse_recipe(argv)
     training, model_args = recipe.training, recipe.model
-    check_before_training(recipe)
-    model_vocab_rows(recipe)  # a model that does not exist fails here, before the datasets load
     training.model_init_kwargs = {
         "revision": model_args.model_revision,
         "trust_remote_code": training.trust_remote_code,
@@ -423,7 +422,6 @@ def run_recipe(argv: list[str], callbacks: list | None = None):
     if summary:
         logging.getLogger(__name__).warning("Preparation: %s", summary)
     trainer.train(resume_from_checkpoint=training.resume_from_checkpoint)
-    save_final_model(trainer, training.output_dir)
     return trainer
 
 

@@ -264,6 +264,31 @@ def _adapter_disk_full(monkeypatch, tmp):
     monkeypatch.setattr(peft.peft_model, "safe_save_file", disk_full_after(1000))
 
 
+def safetensors_disk_full(nbytes: int = 64):
+    """Like `disk_full_after`, but raising what safetensors really raises on a full disk (a SafetensorError)."""
+
+    def save_file(tensors, filename, *args, **kwargs):
+        from safetensors import SafetensorError
+
+        with open(filename, "wb") as handle:
+            handle.write(b"\0" * nbytes)
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    return save_file
+
+
+def _table_safetensors_full(monkeypatch, tmp):
+    import pdl_plugin.frequency
+
+    monkeypatch.setattr(pdl_plugin.frequency, "save_file", safetensors_disk_full())
+
+
+def _adapter_safetensors_full(monkeypatch, tmp):
+    import peft.peft_model
+
+    monkeypatch.setattr(peft.peft_model, "safe_save_file", safetensors_disk_full(1000))
+
+
 def _table_disk_full(monkeypatch, tmp):
     import pdl_plugin.frequency
 
@@ -370,8 +395,18 @@ CASES: list[Case] = [
          r"frequency table.*No space left on device.*previous file is unchanged", fault=_table_disk_full),
     # ---- the final save
     Case("sft-disk-full-saving-adapter", "pdl-sft", lambda t: recipe_argv("pdl-sft", t),
-         r"No space left on device.*Nothing there was changed", fault=_adapter_disk_full,
-         may_change=("pdl_config.json", "pdl_frequency_table.safetensors")),
+         r"No space left on device.*Nothing there was changed", fault=_adapter_disk_full),
+    Case("sft-disk-full-saving-table-safetensors", "pdl-sft", lambda t: recipe_argv("pdl-sft", t),
+         r"frequency table.*No space left on device.*previous file is unchanged", fault=_table_safetensors_full),
+    Case("sft-disk-full-saving-adapter-safetensors", "pdl-sft", lambda t: recipe_argv("pdl-sft", t),
+         r"No space left on device.*Nothing there was changed", fault=_adapter_safetensors_full),
+    Case("sft-disk-full-saving-checkpoint", "pdl-sft",
+         lambda t: recipe_argv("pdl-sft", t, {"save_strategy": "steps", "save_steps": 1}),
+         r"Could not save checkpoint-1 .*No space left on device.*incomplete checkpoint-1 was removed",
+         fault=_adapter_safetensors_full, may_change=("README.md",)),
+    Case("freq-disk-full-saving-table-safetensors", "pdl-freq",
+         lambda t: recipe_argv("pdl-freq", t, None, "--output", str(t / "out" / "pdl_frequency_table.safetensors")),
+         r"No space left on device.*previous file is unchanged", fault=_table_safetensors_full),
     # ---- warnings (exit 0): silent before
     Case("freq-few-distinct-trained-ids", "pdl-freq",
          lambda t: recipe_argv("pdl-freq", t, None, "--output", str(t / "out" / "t.safetensors"),

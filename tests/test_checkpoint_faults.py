@@ -249,3 +249,87 @@ def test_num_tokens_continues_after_a_resume(tmp_path, smol_path, whole_run):
     assert resumed["status"] == "trained" and max(resumed["num_tokens"]) == STEPS, resumed
     assert resumed["num_tokens"] == {s: whole["num_tokens"][s] for s in resumed["num_tokens"]}
     assert (output / "checkpoint-4" / "trl_num_tokens.json").is_file()
+
+
+# ---- kill -9 during the final save: the run folder holds one run's files at every point ---------------------------
+
+# SIGKILL at the k-th rename into or removal from output_dir during the final save: here 1-2 remove the earlier PDL
+# files, 3-9 move the model's files in (the weights at 6), 10 the table, 11 pdl_config.json
+FINAL_KILLS = [1, 2, 6, 10, 11]
+WATCHED = ("model.safetensors", "pdl_frequency_table.safetensors", "pdl_config.json")  # config.json: same in both
+
+
+def _final_trainer(output: Path, tokenizer, alpha: float, extra_row: bool):
+    from datasets import Dataset
+
+    from pdl_plugin import PDLSFTTrainer
+
+    data = {key: values + ([f"{key} of one more row"] if extra_row else []) for key, values in PROMPT_COMPLETION.items()}
+    args = cpu_args(output.parent, output_dir=str(output), loss_type="pdl", pdl_alpha=alpha, max_steps=2,
+                    per_device_train_batch_size=2, learning_rate=1e-2)
+    return PDLSFTTrainer(make_tiny_model(len(tokenizer)), args, Dataset.from_dict(data), processing_class=tokenizer)
+
+
+def _die_at_the_kth_change_of(folder: Path, kill_at: int) -> None:
+    """From now on, SIGKILL this process right after its `kill_at`-th rename into or removal from `folder`."""
+    seen = [0]
+    folder = folder.resolve()
+    for name in ("replace", "unlink"):
+        original = getattr(os, name)
+
+        def call(*args, _original=original, _name=name, **kwargs):
+            result = _original(*args, **kwargs)
+            if Path(args[1] if _name == "replace" else args[0]).resolve().parent == folder:
+                seen[0] += 1
+                if seen[0] == kill_at:
+                    _die()
+            return result
+
+        setattr(os, name, call)
+
+
+def _final_save_child(output: str, smol_path: str, kill_at: int, result_file: str) -> None:
+    from transformers import AutoTokenizer
+
+    from pdl_plugin.recipe import save_final_model
+
+    trainer = _final_trainer(Path(output), AutoTokenizer.from_pretrained(smol_path), alpha=1.0, extra_row=True)
+    trainer.train()
+    _die_at_the_kth_change_of(Path(output), kill_at)
+    save_final_model(trainer, output)
+    Path(result_file).write_text("saved")
+
+
+def _owners(folder: Path, earlier: dict) -> dict[str, str]:
+    """Which run each watched file of `folder` is from: `earlier` (the same bytes as then) or `new`."""
+    import hashlib
+
+    return {name: "earlier" if hashlib.sha256((folder / name).read_bytes()).hexdigest() == earlier[name] else "new"
+            for name in WATCHED if (folder / name).is_file()}
+
+
+@pytest.mark.parametrize("kill_at", FINAL_KILLS)
+def test_kill_during_the_final_save_never_pairs_a_model_with_another_runs_pdl_files(kill_at, tmp_path, smol_path):
+    import hashlib
+
+    from transformers import AutoTokenizer
+
+    from pdl_plugin.recipe import save_final_model
+
+    output = tmp_path / "out"
+    earlier = _final_trainer(output, AutoTokenizer.from_pretrained(smol_path), alpha=0.5, extra_row=False)
+    earlier.train()
+    save_final_model(earlier, output)
+    del earlier
+    before = {name: hashlib.sha256((output / name).read_bytes()).hexdigest() for name in WATCHED}
+    child = multiprocessing.get_context("spawn").Process(
+        target=_final_save_child, args=(str(output), smol_path, kill_at, str(tmp_path / "saved")))
+    child.start()
+    child.join(timeout=600)
+    assert not child.is_alive() and child.exitcode == -signal.SIGKILL, (child.exitcode, kill_at)
+    owners = _owners(output, before)
+    has_pdl = "pdl_frequency_table.safetensors" in owners or "pdl_config.json" in owners
+    print(json.dumps({"kill_at": kill_at, "owners": owners}))
+    assert not has_pdl or len(set(owners.values())) == 1, owners  # PDL files only ever beside their own run's model
+    if set(owners.values()) == {"new"} and "pdl_config.json" in owners:
+        assert json.loads((output / "pdl_config.json").read_text())["pdl_alpha"] == 1.0

@@ -200,8 +200,10 @@ def test_table_and_settings_are_saved_and_can_be_reused(tmp_path, tokenizer, pro
     first = PDLSFTTrainer(make_tiny_model(len(tokenizer)), cpu_args(tmp_path, loss_type="pdl"), prompt_completion,
                           processing_class=tokenizer)
     saved = tmp_path / "out" / TABLE_FILENAME
-    assert not saved.exists()  # nothing is written before every check has passed, i.e. before training starts
+    assert not saved.exists()  # nothing is written before every check has passed
     first.train()
+    assert not saved.exists()  # the run's files arrive together, with its final save (never beside another's model)
+    first.save_model()
     assert saved.is_file() and (tmp_path / "out" / "pdl_config.json").is_file()
     other_data = Dataset.from_dict({"prompt": ["x"], "completion": [" y"]})
     reused = PDLSFTTrainer(make_tiny_model(len(tokenizer)),
@@ -210,6 +212,7 @@ def test_table_and_settings_are_saved_and_can_be_reused(tmp_path, tokenizer, pro
     assert torch.equal(reused.pdl_table.counts, first.pdl_table.counts)
     assert torch.equal(reused.pdl_weights, first.pdl_weights)
     reused.train()
+    reused.save_model()
     assert FrequencyTable.load(tmp_path / "again" / "out").total == first.pdl_table.total
 
 

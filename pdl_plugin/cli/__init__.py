@@ -58,14 +58,33 @@ def stop_with_error(message: str) -> None:
 
 
 def run_cli(main_fn, argv: list[str] | None) -> None:
-    """Run a console entry point: our errors print one `error:` line and exit 2, never a traceback."""
+    """Run a console entry point: our errors print one `error:` line and exit 2, never a traceback.
+
+    So does a write that failed deep inside a library (a full disk or a read-only file system, as an `OSError`,
+    safetensors' `SafetensorError` or torch's `RuntimeError`) that no writer of ours wrapped: its file, if known,
+    and the reason."""
     configure_logging()
     try:
         main_fn(sys.argv[1:] if argv is None else argv)
         return
     except PDLError as err:
         message = str(err)
+    except Exception as err:  # only failed writes become one line; the rest is re-raised
+        message = _failed_write_message(err)
+        if message is None:
+            raise
     stop_with_error(message)  # outside the except: the exit carries no chained traceback
+
+
+def _failed_write_message(err: Exception) -> str | None:
+    from ..files import describe_os_error, write_failure
+
+    failure = write_failure(err)
+    if failure is None:
+        return None
+    where = f" {failure.filename}" if getattr(failure, "filename", None) else " a file"
+    return (f"Could not write{where}: {describe_os_error(failure)} ({type(err).__name__}). The file being written "
+            "may be incomplete.")
 
 
 

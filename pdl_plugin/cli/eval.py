@@ -17,9 +17,10 @@ from pathlib import Path
 from rich.console import Console
 
 from ..errors import PDLConfigError
+from ..files import check_can_create_file, write_json
 from ..frequency import TABLE_FILENAME, FrequencyTable
-from ..files import write_json
 from ..recipe import parse_recipe
+from ..run_folder import missing_table_reason
 from . import run_cli
 
 USAGE = "pdl-eval --adapter DIR --config RECIPE.yaml [--output FILE.json] [options] [--recipe_key value ...]"
@@ -79,17 +80,21 @@ def evaluate_cli(argv: list[str]) -> dict:
     check_adapter_folder(options.adapter)  # before the table: a wrong --adapter is the problem to name
     table_path = Path(options.table) if options.table else Path(options.adapter) / TABLE_FILENAME
     if not table_path.is_file():
+        # A run folder's table comes with its adapter, at its final save (run_folder.py): none means no finished run
+        why = "" if options.table else f" ({missing_table_reason(options.adapter)})"
         raise PDLConfigError(
-            f"No training frequency table at {table_path}: self-information, rare-token recall and validation PDL need "
-            "the table of the TRAINING data. Train with `loss_type: pdl` (alpha 0 is plain cross-entropy and saves "
-            "one), or count one with `pdl-freq --config RECIPE.yaml --output TABLE` and pass `--table TABLE`."
+            f"No training frequency table at {table_path}{why}: self-information, rare-token recall and validation "
+            "PDL need the table of the TRAINING data. Evaluate a finished `loss_type: pdl` run (alpha 0 is plain "
+            "cross-entropy and saves one), or count one with `pdl-freq --config RECIPE.yaml --output TABLE` and pass "
+            "`--table TABLE`."
         )
     table = FrequencyTable.load(table_path)
     settings = settings_from(options, recipe)
+    output = Path(options.output) if options.output else Path(options.adapter) / "eval.json"
+    check_can_create_file(output, "--output")  # before the model loads and the whole evaluation runs
     model, tokenizer = load_for_eval(options.adapter, recipe)
     result = evaluate_model(model, tokenizer, recipe, table, settings)
     result["adapter"] = str(options.adapter)
-    output = Path(options.output) if options.output else Path(options.adapter) / "eval.json"
     write_json(output, result)
     console = Console()
     console.print(format_table(result))

@@ -224,3 +224,5 @@ class PDLPlugin(BasePlugin):
         resume = determine_last_checkpoint(cfg)
         if resume and trainer.pdl_engine is not None:
             trainer.pdl_engine.check_resume(check_resume_checkpoint(resume, trainer.args.output_dir))
+        # Axolotl rewrites its configs into output_dir right after this hook: a second run must be refused before
+        trainer.pdl_lock_run_folder()

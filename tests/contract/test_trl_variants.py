@@ -234,7 +234,8 @@ def test_prior_loss_and_gradient_equal_direct_formula(tmp_path, tokenizer):
     unseen = next(t for t in range(vocab - 1, 0, -1) if t not in set(seen.tolist()))
     assert float(trainer.pdl_weights[unseen]) == pytest.approx(float(weights[seen].max()), rel=1e-6)
 
-    # the prior is copied into the run folder and recorded in pdl_config.json
+    # the prior is copied into the run folder (with the run's final save) and recorded in pdl_config.json
+    trainer.save_model()
     out = Path(trainer.args.output_dir)
     copy = FrequencyTable.load(out / PRIOR_FILENAME)
     assert torch.equal(copy.counts, prior_counts) and copy.kind == "all_tokens"
