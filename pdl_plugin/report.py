@@ -41,12 +41,17 @@ def weight_summary_table(table: FrequencyTable, weights: torch.Tensor, tokenizer
                 label,
                 repr(tokenizer.decode([token_id])) if tokenizer is not None else "",
                 str(token_id),
-                f"{int(table.counts[token_id]):,}",
+                _count(table.counts[token_id]),
                 f"{float(table.frequencies[token_id]):.2e}",
                 f"{float(relative[token_id]):.3f}",
             )
         view.add_section()
     return view
+
+
+def _count(value) -> str:
+    """A whole count as is, a model prior's expected count with one decimal."""
+    return f"{float(value):,.1f}" if value.is_floating_point() else f"{int(value):,}"
 
 
 def plot_rank_curves(table: FrequencyTable, weights: torch.Tensor, alpha: float, path: str | Path) -> Path:
@@ -63,5 +68,8 @@ def plot_rank_curves(table: FrequencyTable, weights: torch.Tensor, alpha: float,
     right.set(xlabel="rank", ylabel="weight / mean weight", title=f"Rank-weight (alpha={alpha})")
     for axis in (left, right):
         axis.grid(True, which="major", alpha=0.3)
-    figure.suptitle(f"{table.total:,} trained tokens ({table.masking}), {len(order):,} distinct")
+    what = {"all_tokens": "corpus tokens", "model_prior": "expected trained tokens (model prior)"}.get(table.kind,
+                                                                                                    "trained tokens")
+    total = f"{table.total:,.1f}" if isinstance(table.total, float) else f"{table.total:,}"
+    figure.suptitle(f"{total} {what} ({table.masking}), {len(order):,} distinct")
     return save_figure(figure, path, dpi=120)

