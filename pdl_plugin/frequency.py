@@ -35,6 +35,8 @@ _REQUIRED_METADATA = ("format", "tokenizer_fingerprint", "total_tokens", "maskin
 _INT64_MAX = int(np.iinfo(np.int64).max)
 # Fewer distinct trained ids than this is almost surely a data problem (empty replies train `<|im_end|>` alone)
 MIN_DISTINCT_TRAINED_IDS = 10
+# The training hosts' other way out of a table that does not fit; commands without `pdl_freq_path` pass their own
+FREQ_PATH_HINT = "or unset `pdl_freq_path` to count on the training set"
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
@@ -50,13 +52,6 @@ def special_token_ids(tokenizer, rows: int | None = None) -> list[int]:
     tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
     ids = set(getattr(tokenizer, "all_special_ids", None) or [])
     return sorted(i for i in ids if rows is None or 0 <= i < rows)
-
-
-def settings_weights(table: FrequencyTable, settings, tokenizer) -> torch.Tensor:
-    """Moved to `pdl_plugin.run_weights.settings_weights` (the one place settings become weights)."""
-    from .run_weights import settings_weights as moved
-
-    return moved(table, settings, tokenizer)
 
 
 _COUNTS_TYPE_HELP = (
@@ -222,19 +217,20 @@ class FrequencyTable:
 
     # ---- compatibility ---------------------------------------------------------------------------------------------
 
-    def check_compatible(self, tokenizer_fp: str, vocab_size: int, source: str = "the table") -> None:
-        """Refuse a table made for another tokenizer or vocabulary size: its ids would point at other tokens."""
+    def check_compatible(self, tokenizer_fp: str, vocab_size: int, source: str = "the table",
+                         hint: str = FREQ_PATH_HINT) -> None:
+        """Refuse a table made for another tokenizer or vocabulary size: its ids would point at other tokens.
+        `hint` ends the advice to recount it: the caller's other way out (training: unset `pdl_freq_path`)."""
         if self.tokenizer_fingerprint != tokenizer_fp:
             raise FrequencyTableError(
                 f"{source} was counted with another tokenizer (fingerprint {self.tokenizer_fingerprint}, this "
                 f"model's tokenizer is {tokenizer_fp}): its token ids mean other tokens. Recount it for this model "
-                "with `pdl-freq --config RECIPE.yaml --output TABLE`, or unset `pdl_freq_path` to count on the "
-                "training set."
+                f"with `pdl-freq --config RECIPE.yaml --output TABLE`, {hint}."
             )
         if self.vocab_size != vocab_size:
             raise FrequencyTableError(
                 f"{source} has {self.vocab_size} entries but the model's output embedding has {vocab_size} rows. "
-                "Recount it for this model with `pdl-freq`, or unset `pdl_freq_path` to count on the training set."
+                f"Recount it for this model with `pdl-freq`, {hint}."
             )
 
     # ---- file ------------------------------------------------------------------------------------------------------
@@ -264,14 +260,15 @@ class FrequencyTable:
                                 what="frequency table")
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> FrequencyTable:
+    def load(cls, path: str | os.PathLike, hint: str = FREQ_PATH_HINT) -> FrequencyTable:
+        """Read a table file (a folder: its `TABLE_FILENAME`); `hint` as in `check_compatible`."""
         path = Path(path)
         if path.is_dir():
             path = path / TABLE_FILENAME
         if not path.is_file():
             raise FrequencyTableError(
                 f"No frequency table at {path}. Create one with `pdl-freq --config RECIPE.yaml --output {path}`, "
-                "or unset `pdl_freq_path` to count on the training set."
+                f"{hint}."
             )
         try:
             with safe_open(str(path), framework="pt") as handle:
@@ -433,11 +430,13 @@ def count_trained_tokens(
     return torch.from_numpy(counts)
 
 
-def few_trained_ids_warning(table: FrequencyTable, tokenizer=None, minimum: int = MIN_DISTINCT_TRAINED_IDS) -> str | None:
+def few_trained_ids_warning(table: FrequencyTable, tokenizer=None, minimum: int = MIN_DISTINCT_TRAINED_IDS,
+                            source: str | None = None) -> str | None:
     """A warning when fewer than `minimum` distinct token ids are trained (None otherwise).
 
     Data whose replies are all empty trains the end-of-turn token alone; PDL then has (almost) nothing to weight and
     the finetune learns only those ids. Call it on the table in use, before training; `tokenizer` names the ids.
+    `source`: the file of a reused table (`pdl_freq_path`), which is then the culprit, not the data set.
     """
     distinct = int((table.counts > 0).sum())
     if table.total == 0 or distinct >= minimum:
@@ -446,6 +445,11 @@ def few_trained_ids_warning(table: FrequencyTable, tokenizer=None, minimum: int 
     shown = ", ".join(
         repr(tokenizer.convert_ids_to_tokens(i)) if tokenizer is not None else str(i) for i in ids[:minimum]
     )
+    if source:
+        return (f"The table {source} counts only {distinct} distinct token id{'s' if distinct != 1 else ''} "
+                f"({table.total:,} tokens: {shown}), and PDL weights this run's tokens by it: it was not counted on "
+                "this run's training data. Recount it with `pdl-freq --config RECIPE.yaml --output TABLE`, or unset "
+                "`pdl_freq_path` to count the training set.")
     return (
         f"Only {distinct} distinct token id{'s are' if distinct != 1 else ' is'} trained ({table.total:,} trained "
         f"tokens: {shown}). The replies or completions may be empty or all alike, or masking / `max_length` may cut "
@@ -469,15 +473,53 @@ def merge_tables(tables: list[FrequencyTable]) -> FrequencyTable:
                 f"Cannot merge a table counted with masking {other.masking!r} into one counted with {first.masking!r}: "
                 "they count different tokens. Recount the shards with the same recipe."
             )
+    extra = {"merged_from": str(len(tables)), **_merged_shard_places(tables)}
     parts = "+".join(table.data_fingerprint for table in tables)
     return FrequencyTable(
         counts=torch.stack([table.counts for table in tables]).sum(0),
         tokenizer_fingerprint=first.tokenizer_fingerprint,
         masking=first.masking,
         data_fingerprint=hashlib.sha256(parts.encode()).hexdigest()[:16],
-        extra={"merged_from": str(len(tables))},
+        extra=extra,
         kind=first.kind,
     )
+
+
+def shard_place(table: FrequencyTable) -> tuple[set[int], int] | None:
+    """The shards of the whole a table holds, from its `shard` ("I/N") or `shards` ("I,J/N") metadata; None: all."""
+    mark = table.extra.get("shard") or table.extra.get("shards")
+    if not mark:
+        return None
+    indices, _, count = mark.partition("/")
+    return {int(i) for i in indices.split(",")}, int(count)
+
+
+def _merged_shard_places(tables: list[FrequencyTable]) -> dict[str, str]:
+    """Refuse a merge that would count tokens twice (a table twice, a shard twice, the whole with a shard of it); the
+    merged table's place among the shards (none once every shard is in)."""
+    fingerprints = [t.data_fingerprint for t in tables]
+    twice = sorted({f for f in fingerprints if fingerprints.count(f) > 1})
+    if twice:
+        raise FrequencyTableError(f"Cannot merge: the same data (fingerprint {twice[0]}) is given twice, so its tokens "
+                                  "would count twice. Pass each shard's table once.")
+    places = [shard_place(t) for t in tables]
+    if all(p is None for p in places):
+        return {}
+    if any(p is None for p in places):
+        raise FrequencyTableError("Cannot merge a whole table (counted without --shard) with shard tables: the shards' "
+                                  "tokens are already in the whole, so they would count twice. Merge the shards only.")
+    counts = {n for _, n in places}
+    if len(counts) > 1:
+        raise FrequencyTableError(f"Cannot merge shards of different splits ({sorted(counts)} shards): recount them "
+                                  "with one --shard I/N count.")
+    seen: set[int] = set()
+    for indices, n in places:
+        if seen & indices:
+            raise FrequencyTableError(f"Cannot merge: shard {min(seen & indices)}/{n} is given twice, so its tokens "
+                                      "would count twice. Pass each shard once.")
+        seen |= indices
+    n = counts.pop()
+    return {} if len(seen) == n else {"shards": f"{','.join(map(str, sorted(seen)))}/{n}"}
 
 
 def data_fingerprint(dataset) -> str:

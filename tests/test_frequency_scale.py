@@ -31,6 +31,19 @@ def test_merged_shards_equal_the_whole(tmp_path):
     merged = freq(["merge", "--output", str(tmp_path / "merged.safetensors"), *parts])
     assert torch.equal(merged.counts, whole.counts)
     assert torch.equal(FrequencyTable.load(tmp_path / "merged.safetensors").counts, whole.counts)
+    assert FrequencyTable.load(parts[1]).extra["shard"] == "1/3" and "shards" not in merged.extra  # all 3: the whole
+    # tokens counted twice are refused: a shard with itself, the whole with one of its shards, partial merges overlapping
+    out = str(tmp_path / "bad.safetensors")
+    with pytest.raises(FrequencyTableError, match="given twice"):
+        freq(["merge", "--output", out, parts[0], parts[0]])
+    with pytest.raises(FrequencyTableError, match="whole table .* with shard tables"):
+        freq(["merge", "--output", out, str(tmp_path / "whole.safetensors"), parts[0]])
+    partial = freq(["merge", "--output", str(tmp_path / "p01.safetensors"), parts[0], parts[1]])
+    assert partial.extra["shards"] == "0,1/3"
+    with pytest.raises(FrequencyTableError, match="shard 1/3 is given twice"):
+        freq(["merge", "--output", out, str(tmp_path / "p01.safetensors"), parts[1], parts[2]])
+    assert torch.equal(freq(["merge", "--output", out, str(tmp_path / "p01.safetensors"), parts[2]]).counts,
+                       whole.counts)
 
 
 def test_streaming_dataset_counts_the_same_as_in_memory(tokenizer):
@@ -53,9 +66,18 @@ def test_merging_tables_of_different_masking_or_tokenizer_is_refused():
         merge_tables([base, FrequencyTable(torch.tensor([1, 2]), "other", "assistant_only", "b")])
 
 
-@pytest.mark.parametrize("shard", ["3/3", "a/b", "1"])
-def test_bad_shard_is_refused(tmp_path, shard):
+@pytest.mark.parametrize(("shard", "message"), [("3/3", "must be in 0..2"), ("a/b", "whole numbers"),
+                                              ("1", "whole numbers"), ("1/0", "must be at least 1")])
+def test_bad_shard_is_refused(tmp_path, shard, message):
     from pdl_plugin import PDLConfigError
 
-    with pytest.raises(PDLConfigError, match="--shard"):
+    with pytest.raises(PDLConfigError, match=f"--shard .*{message}"):
         freq(["--config", RECIPE, "--shard", shard, "--output", str(tmp_path / "t.safetensors")])
+
+
+def test_table_with_output_is_refused_and_help_is_help(tmp_path, capsys):
+    from pdl_plugin import PDLConfigError
+
+    with pytest.raises(PDLConfigError, match="--table inspects an existing table and writes nothing"):
+        freq(["--config", RECIPE, "--table", str(tmp_path / "t.safetensors"), "--output", str(tmp_path / "o")])
+    assert freq(["--help"]) is None and "--model-prior" in capsys.readouterr().out

@@ -35,17 +35,18 @@ from rich.console import Console
 from rich.markup import escape
 
 from ..errors import FrequencyTableError, PDLConfigError
+from ..figures import check_figure_path
 from ..files import check_can_create_file
 from ..frequency import (
     TABLE_FILENAME,
     FrequencyTable,
     few_trained_ids_warning,
     merge_tables,
-    settings_weights,
     tokenizer_fingerprint,
 )
 from ..recipe import count_recipe, load_recipe_tokenizer, model_vocab_rows, parse_recipe
 from ..report import plot_rank_curves, weight_summary_table
+from ..run_weights import settings_weights
 from . import run_cli
 
 _USAGE = ("usage: pdl-freq --config RECIPE.yaml (--output TABLE | --table TABLE) [--plot PNG] [--shard I/N] "
@@ -82,6 +83,8 @@ def _parse_shard(text: str) -> tuple[int, int]:
         index, count = (int(part) for part in text.split("/"))
     except ValueError:
         raise PDLConfigError(f"--shard takes I/N with whole numbers, e.g. 0/4; got {text!r}.") from None
+    if count < 1:
+        raise PDLConfigError(f"--shard {text}: the number of shards N must be at least 1, e.g. 0/4.")
     if not 0 <= index < count:
         raise PDLConfigError(f"--shard {text}: the shard index must be in 0..{count - 1}.")
     return index, count
@@ -123,6 +126,9 @@ def _check_flags(flags, rest: list[str]) -> None:
         raise PDLConfigError("--text_dataset and the other --text_* options go with --all-tokens.")
     if flags.all_tokens and not flags.text_dataset:
         raise PDLConfigError("--all-tokens needs the text to count: `--text_dataset FILE_FOLDER_OR_HUB_NAME`.")
+    if flags.table and flags.output:
+        raise PDLConfigError("--table inspects an existing table and writes nothing; --output writes a counted one. "
+                             "Pass one of them (to copy a table, copy its file).")
     if flags.table and (flags.all_tokens or flags.model_prior or flags.shard):
         raise PDLConfigError("--table inspects an existing table; --all-tokens, --model-prior and --shard count one "
                              "(with --output).")
@@ -174,15 +180,19 @@ def _describe(table: FrequencyTable) -> str:
             "`pdl_prior_mix: BETA`; the weights below are this table's alone (as with pdl_prior_mix 1).")
 
 
-def freq(argv: list[str]) -> FrequencyTable:
+def freq(argv: list[str]) -> FrequencyTable | None:
     if argv[:1] == ["merge"]:
         return merge(argv[1:])
+    if {"-h", "--help"} & set(argv):
+        Console().print(_own_flags().format_help(), highlight=False, markup=False)
+        Console().print("Any other `--key value` overrides the recipe (pdl-sft's options).", highlight=False)
+        return None
     flags, rest = _own_flags().parse_known_args(argv)
     _check_flags(flags, rest)
     if flags.output:
         _output_path(flags.output)
     if flags.plot:
-        check_can_create_file(flags.plot, "--plot")
+        check_figure_path(flags.plot, "--plot")
     recipe = parse_recipe(rest)
     tokenizer = load_recipe_tokenizer(recipe)
     console = Console()
@@ -191,6 +201,8 @@ def freq(argv: list[str]) -> FrequencyTable:
         table, warnings = _inspect(flags.table, recipe, tokenizer)
     else:
         table, warnings = _count(flags, recipe, tokenizer, err_console)
+        if flags.shard:  # its place in the whole: `pdl-freq merge` refuses shards given twice
+            table.extra["shard"] = "{}/{}".format(*_parse_shard(flags.shard))
         console.print(f"Wrote {table.save(flags.output)}")
     for line in warnings:
         err_console.print(f"[yellow]warning:[/] {escape(line)}", highlight=False)

@@ -170,7 +170,7 @@ def pdl_freq(config: str, output: str | None, existing: str | None, plot: str | 
     from rich.console import Console
 
     from ..engine import with_command
-    from ..frequency import settings_weights
+    from ..run_weights import settings_weights
     from ..report import plot_rank_curves, weight_summary_table
     from ..settings import PDLSettings
     from .axolotl import RECOUNT_COMMAND
@@ -180,6 +180,10 @@ def pdl_freq(config: str, output: str | None, existing: str | None, plot: str | 
         source = _text_source(all_tokens, prior, {key.removeprefix("text_"): value for key, value in text.items()})
         if existing and (source is not None or prior):
             raise PDLError("--table inspects an existing table; --all-tokens and --model-prior count one.")
+        if plot:  # before any counting: a missing `eval` extra or a bad suffix must not cost the count
+            from ..figures import check_figure_path
+
+            check_figure_path(plot, "--plot")
         cfg = load_cfg(config)
         if cfg.get("loss_type") != "pdl":
             raise PDLError(
