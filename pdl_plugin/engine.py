@@ -85,7 +85,7 @@ class PDLEngine:
         self.weights = self._weights_for_alpha(settings.pdl_alpha)
         self._check_weights()
         self.end_of_turn_id = end_of_turn_id(table, special_token_ids)
-        for warning in (few_trained_ids_warning(table),
+        for warning in (few_trained_ids_warning(table, source=settings.pdl_freq_path),
                         end_of_turn_warning(table, self.weights, self.end_of_turn_id, self.exempt_ids)):
             if warning:
                 log.warning("PDL: %s", warning)
@@ -417,6 +417,18 @@ class PDLEngine:
                 f"interrupted run's ({PRIOR_FILENAME} in the checkpoint), so the loss would change mid-run. Resume "
                 f"with `pdl_prior_path: {folder / PRIOR_FILENAME}`, or start a new run without resuming."
             )
+
+
+def check_alpha_warmup(warmup: int, max_steps: int, length: str) -> None:
+    """Refuse an alpha warm-up longer than the run (`length` says where its `max_steps` come from): its alpha would
+    never reach `pdl_alpha`, and a warm-up much longer makes the whole run nearly plain cross-entropy."""
+    if max_steps > 0 and warmup > max_steps:
+        raise PDLConfigError(
+            f"pdl_alpha_warmup_steps {warmup} is longer than the run's {max_steps} optimizer steps ({length}), so its "
+            f"alpha never reaches pdl_alpha: the last step trains at {(max_steps - 1) / warmup:.0%} of it, and the "
+            f"run is a ramp from plain cross-entropy. Set pdl_alpha_warmup_steps to at most {max_steps} (a tenth of "
+            "the run is usual), or train for more steps."
+        )
 
 
 def with_command(message: str, command: str) -> str:

@@ -105,6 +105,12 @@ def check_can_create_folder(folder: str | os.PathLike, what: str = "the output f
     folder = Path(folder).expanduser()
     absolute = folder if folder.is_absolute() else Path.cwd() / folder
     existing = _first_existing(absolute)
+    if existing.is_symlink() and not existing.exists():
+        raise PDLWriteError(
+            f"{what} {folder} cannot be used: {existing} is a broken symbolic link to {os.readlink(existing)}, which "
+            "does not exist. Create the folder it points to, remove the link, or choose another path.",
+            errno_codes.ENOENT,
+        )
     if existing == absolute and not absolute.is_dir():
         raise PDLWriteError(
             f"{what} {folder} exists but is a file, not a folder. Choose another path, or move the file away.",

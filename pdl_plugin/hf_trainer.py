@@ -15,10 +15,11 @@ from pathlib import Path
 import torch
 import transformers
 from packaging.version import Version
+from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .checkpoints import check_resume_checkpoint, last_complete_checkpoint, remove_incomplete_checkpoint
-from .engine import PDLEngine
+from .engine import PDLEngine, check_alpha_warmup
 from .errors import PDLWriteError
 from .files import describe_os_error, write_failure
 from .fused_head import add_pdl_head, pdl_head_unsupported
@@ -63,6 +64,8 @@ class PDLTrainerMixin:
         else:
             engine._log.info("PDL: %s, because %s.", fallback, unsupported)
         self._pdl_head = unsupported is None
+        if engine.settings.pdl_alpha_warmup_steps:
+            self.add_callback(_AlphaWarmupCheck(engine.settings.pdl_alpha_warmup_steps))
         if self.args.world_size > 1 and not self.args.average_tokens_across_devices:
             engine._log.warning(
                 "PDL: average_tokens_across_devices is off: each rank divides by its own weight sum, so the step's "
@@ -262,6 +265,18 @@ class PDLTrainerMixin:
         except BaseException:
             self.pdl_release_run_folder()
             raise
+
+
+class _AlphaWarmupCheck(TrainerCallback):
+    """Refuse, when training begins (where every host knows the run's length, epochs included), an alpha warm-up
+    longer than the run. Nothing of the run is in output_dir yet (see `PDLTrainerMixin.train`)."""
+
+    def __init__(self, warmup_steps: int) -> None:
+        self.warmup_steps = warmup_steps
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        length = f"max_steps {args.max_steps}" if args.max_steps > 0 else f"{args.num_train_epochs:g} epochs"
+        check_alpha_warmup(self.warmup_steps, state.max_steps, length)
 
 
 def _same_folder(a, b) -> bool:

@@ -89,6 +89,9 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 def read_recipe_file(path: str | Path) -> dict:
     """Load the YAML mapping, refusing a missing file, bad YAML, a repeated key, or a key no dataclass knows."""
     path = Path(path)
+    if path.is_dir():
+        raise PDLConfigError(f"Recipe {path} is a folder, not a file. Pass a recipe's YAML file, e.g. "
+                             "`--config recipes/offline/dialogue_lora.yaml`.")
     if not path.is_file():
         raise PDLConfigError(f"Recipe file {path} not found. Pass an existing YAML file, e.g. one under recipes/.")
     try:
@@ -197,6 +200,27 @@ def resolve_model(name: str | None) -> str:
 
 def load_recipe_datasets(recipe: Recipe):
     """The train and (optional) eval splits, from the hub, local files, or a dataset this package ships."""
+    script = recipe.script
+    dataset = load_dataset_dict(recipe)
+    if script.dataset_train_split not in dataset:
+        raise PDLConfigError(
+            f"The dataset has no split `{script.dataset_train_split}` (it has {list(dataset)}). "
+            "Set `dataset_train_split` to one of them."
+        )
+    train = dataset[script.dataset_train_split]
+    evaluate = recipe.training.eval_strategy != "no"
+    eval_split = script.dataset_test_split
+    if evaluate and eval_split not in dataset:
+        raise PDLConfigError(
+            f"eval_strategy is {recipe.training.eval_strategy!r} but the dataset has no split `{eval_split}` "
+            f"(it has {list(dataset)}). Set `dataset_test_split`, or `eval_strategy: 'no'`."
+        )
+    return train, dataset[eval_split] if evaluate else None
+
+
+def load_dataset_dict(recipe: Recipe):
+    """Every split of the recipe's data set (a `DatasetDict`), from the hub, local files, or a data set this package
+    ships."""
     from datasets import load_dataset
     from trl import get_dataset
 
@@ -213,20 +237,7 @@ def load_recipe_datasets(recipe: Recipe):
     else:
         raise PDLConfigError("The recipe names no dataset: set `dataset_name` (hub id, local path or "
                              f"`{EMBEDDED_PREFIX}dialogue`) or a `datasets:` mixture.")
-    if script.dataset_train_split not in dataset:
-        raise PDLConfigError(
-            f"The dataset has no split `{script.dataset_train_split}` (it has {list(dataset)}). "
-            "Set `dataset_train_split` to one of them."
-        )
-    train = dataset[script.dataset_train_split]
-    evaluate = recipe.training.eval_strategy != "no"
-    eval_split = script.dataset_test_split
-    if evaluate and eval_split not in dataset:
-        raise PDLConfigError(
-            f"eval_strategy is {recipe.training.eval_strategy!r} but the dataset has no split `{eval_split}` "
-            f"(it has {list(dataset)}). Set `dataset_test_split`, or `eval_strategy: 'no'`."
-        )
-    return train, dataset[eval_split] if evaluate else None
+    return dataset
 
 
 _LOCAL_BUILDERS = {"json", "csv", "parquet", "text", "arrow", "pandas", "webdataset", "xml", "sql"}
@@ -288,9 +299,27 @@ class _explain_dataset_errors:
                 f"Cannot load {self.source}: {err}. A hub dataset needs network access (and no HF_HUB_OFFLINE / "
                 "HF_DATASETS_OFFLINE), or download it first; a local dataset needs an existing path."
             ) from None
+        columns = _column_mismatch(err)
+        if columns is not None:
+            raise PDLDataError(f"Cannot load {self.source}: {columns}") from None
         if isinstance(err, (OSError, UnicodeDecodeError)) or type(err).__module__.startswith(("datasets", "pyarrow")):
             raise PDLDataError(f"Cannot load {self.source}: {type(err).__name__}: {err}") from None
         return False
+
+
+def _column_mismatch(err: BaseException) -> str | None:
+    """The cause `datasets` hides behind "An error occurred while generating the dataset" when one data file (a
+    validation split, say) has other columns than the first one read: a `CastError` naming both column sets."""
+    seen = 0
+    while err is not None and seen < 8:
+        seen += 1
+        found, wanted = getattr(err, "table_column_names", None), getattr(err, "requested_column_names", None)
+        if found is not None and wanted is not None:
+            return (f"its data files do not have the same columns: one has {sorted(found)}, but the first file read "
+                    f"(the columns every split must have) has {sorted(wanted)}. Give every split (train and "
+                    "validation) the same columns, e.g. all `messages`, or all `prompt` and `completion`.")
+        err = err.__cause__ or err.__context__
+    return None
 
 
 def model_vocab_rows(recipe: Recipe) -> int:
@@ -329,7 +358,11 @@ def check_before_training(recipe: Recipe) -> None:
     from .files import check_can_create_folder
 
     training = recipe.training
+    if not str(training.output_dir or "").strip():
+        raise PDLConfigError("output_dir is empty: set it to the folder the run's adapter and PDL files go to, e.g. "
+                             "`--output_dir outputs/my-run`.")
     check_can_create_folder(training.output_dir, "output_dir")
+    check_ignored_settings(recipe)
     resume = check_resume_checkpoint(training.resume_from_checkpoint, training.output_dir)
     if resume is not None:
         training.resume_from_checkpoint = str(resume)  # the Trainer's True would take a half-saved newest folder
@@ -342,6 +375,22 @@ def check_before_training(recipe: Recipe) -> None:
         from .run_weights import read_prior_file
 
         read_prior_file(training.pdl_prior_path)
+
+
+def check_ignored_settings(recipe: Recipe) -> None:
+    """Refuse settings this run would silently not honour: `max_eval_samples` without an evaluation, an alpha
+    warm-up longer than the run's `max_steps` (the other hosts' runs are checked when training begins)."""
+    from .engine import check_alpha_warmup
+
+    training, script = recipe.training, recipe.script
+    if script.max_eval_samples is not None and training.eval_strategy == "no":
+        raise PDLConfigError(
+            f"max_eval_samples {script.max_eval_samples} is set but eval_strategy is 'no': nothing is evaluated "
+            "during training, so it would be ignored. Set `eval_strategy: steps` (with `eval_steps` and a "
+            "`dataset_test_split`) to evaluate on that many rows, or remove `max_eval_samples`."
+        )
+    if training.loss_type == "pdl" and training.max_steps > 0:
+        check_alpha_warmup(training.pdl_alpha_warmup_steps, training.max_steps, "max_steps")
 
 
 def check_training_data(recipe: Recipe, train_dataset) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from .errors import FrequencyTableError, PDLConfigError
-from .frequency import FrequencyTable
+from .frequency import TABLE_FILENAME, FrequencyTable
 from .settings import PDLSettings
 from .weights import token_weights_from_counts
 
@@ -60,6 +60,9 @@ def read_prior_file(path: str, recount: str = "pdl-freq") -> FrequencyTable:
     make = _make_prior(recount)
     if not Path(path).exists():
         raise FrequencyTableError(f"pdl_prior_path {path} does not exist. {make}")
+    if Path(path).is_dir() and not (Path(path) / TABLE_FILENAME).is_file():
+        raise FrequencyTableError(f"pdl_prior_path {path} is a folder with no table in it ({TABLE_FILENAME}): name "
+                                  f"the prior's table file. {make}")
     try:
         prior = FrequencyTable.load(path)
     except FrequencyTableError as err:

@@ -1,7 +1,8 @@
 """Bad inputs and faults, table-driven: each must end with one `error:` line (exit 2) that names the problem, no
 traceback, and no file of the run's folder changed; the API raises its documented exception type with a clear message.
 
-Every case is a `Case` record in `CASES`; append new ones there (`run="pdl-sft"`, `"pdl-freq"` or `"api"`). A case:
+Every case is a `Case` record in `CASES`; append new ones there (`run="pdl-sft"`, `"pdl-freq"`, `"pdl-eval"`,
+`"pdl-compare"` or `"api"`). A case:
 
 - builds its inputs under a fresh folder (`setup(tmp)` returns the CLI's argv, or for `"api"` a callable to call);
 - finds `tmp/out` already holding the files of an earlier run (`PREVIOUS_RUN`), which must be left byte for byte
@@ -187,10 +188,10 @@ class Unnoticed(AssertionError):
 @dataclass(frozen=True)
 class Case:
     id: str
-    run: str  # "pdl-sft" | "pdl-freq" | "api"
+    run: str  # "pdl-sft" | "pdl-freq" | "pdl-eval" | "pdl-compare" | "api"
     setup: Callable[[Path], object]  # CLI: returns argv (entry point first); api: returns a callable
     message: str  # regex the error (or, with exit_code 0, the warning) must match, case-insensitive
-    exit_code: int = 2  # CLI: 2 for a refusal, 0 for a case that must only warn
+    exit_code: int = 2  # CLI: 2 for a refusal, 0 for a case that must only warn, 130 for an interrupt
     exception: tuple[str, ...] = ("PDLError",)  # api: acceptable exception class names (any of the MRO)
     not_message: str | None = None  # regex the output must NOT match (the wrong culprit)
     may_change: tuple[str, ...] = ()  # globs under tmp/out that may appear or change
@@ -318,6 +319,137 @@ def _checkpoint_without_pdl_files(tmp: Path) -> list[str]:
     folder.mkdir(parents=True)
     (folder / "trainer_state.json").write_text(json.dumps({"global_step": 2, "log_history": []}))
     return _resume_from(tmp, str(folder))
+
+
+
+# ---- silent results and wrong messages (issue 27): evaluation, comparison, caches
+
+
+def split_data(tmp: Path, validation: list[dict] | None = None, with_validation: bool = True) -> Path:
+    """A data folder with train.jsonl (and validation.jsonl: `validation` rows, by default the training ones)."""
+    folder = tmp / "data"
+    folder.mkdir(exist_ok=True)
+    rows = [{"messages": c} for c in CONVERSATIONS]
+    write_data(folder, rows)
+    if with_validation:
+        write_data(folder, validation if validation is not None else rows, "validation.jsonl")
+    return folder
+
+
+def split_recipe(tmp: Path, overrides: dict | None = None, **data) -> Path:
+    """A recipe on `split_data` (its validation split as `dataset_test_split`)."""
+    settings = {"dataset_name": str(split_data(tmp, **data)), "dataset_test_split": "validation", **(overrides or {})}
+    return write_recipe(tmp, settings, drop=("datasets",))
+
+
+def lora_adapter(folder: Path, nan: bool = False) -> Path:
+    """A fresh LoRA r4 adapter of the embedded model saved into `folder` (with `nan`: every LoRA weight NaN)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from pdl_plugin.data.embedded_model import resolve_embedded_model
+
+    model = AutoModelForCausalLM.from_pretrained(resolve_embedded_model(EMBEDDED_MODEL))
+    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    if nan:
+        with torch.no_grad():
+            for name, parameter in model.named_parameters():
+                if "lora_" in name:
+                    parameter.fill_(float("nan"))
+    model.save_pretrained(str(folder))
+    return folder
+
+
+def eval_argv(tmp: Path, *extra: str, nan: bool = False, table=None, recipe: Path | None = None, **data) -> list[str]:
+    """`pdl-eval` of a LoRA adapter saved in tmp/out (its output, eval.json, would go there too) on 2 prompts."""
+    lora_adapter(tmp / "out", nan=nan)
+    (table or smol_table()).save(tmp / "out" / "pdl_frequency_table.safetensors")
+    recipe = recipe or split_recipe(tmp, **data)
+    return ["pdl-eval", "--adapter", str(tmp / "out"), "--config", str(recipe), "--max_prompts", "2",
+            "--max_new_tokens", "2", "--no_sampled", *extra]
+
+
+def one_token_table(vocab_delta: int = 0):
+    table = smol_table(vocab_delta)
+    table.counts.zero_()
+    table.counts[28] = 100
+    return table
+
+
+def _one_token_table_file(tmp: Path) -> Path:
+    path = tmp / "one-token.safetensors"
+    one_token_table().save(path)
+    return path
+
+
+def compare_argv(tmp: Path, *extra: str, outdir: Path | None = None) -> list[str]:
+    return ["pdl-compare", "--config", str(split_recipe(tmp)), "--alphas", "0", "--seeds", "0", "--outdir",
+            str(outdir or tmp / "study"), "--max_prompts", "2", "--max_new_tokens", "2", "--no_sampled", *extra]
+
+
+def _wrong_shape_results(tmp: Path) -> list[str]:
+    run = tmp / "study" / "recipe" / "alpha-0" / "seed-0"
+    run.mkdir(parents=True)
+    (run / "results.json").write_text(json.dumps({"arm": "alpha-0", "alpha": 0, "validation": [1, 2]}))
+    (run / "train.json").write_text(json.dumps({"log_history": []}))
+    return compare_argv(tmp, "--report_only", "--report", str(tmp / "report" / "r.md"))
+
+
+def _ctrl_c_in_a_run(monkeypatch, tmp):
+    import pdl_plugin.eval.compare
+
+    def run_one(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pdl_plugin.eval.compare, "run_one", run_one)
+
+
+def _cache_is_a_file(monkeypatch, tmp):
+    monkeypatch.setenv("PDL_PLUGIN_CACHE", str(_file_at(tmp, "cache-file")))
+
+
+def _damaged_data_cache(part: str):
+    """A data cache (the embedded model's folder linked in) whose cached `part` (`arrow`, `json`) is cut short."""
+
+    def fault(monkeypatch, tmp):
+        from pdl_plugin.data.cache import cache_dir
+        from pdl_plugin.data.registry import resolve_embedded_dataset
+
+        models = cache_dir("models")
+        monkeypatch.setenv("PDL_PLUGIN_CACHE", str(tmp / "cache"))
+        (tmp / "cache").mkdir()
+        (tmp / "cache" / "models").symlink_to(models)
+        resolve_embedded_dataset("embedded:dialogue")
+        for file in (tmp / "cache" / "data").rglob(f"*.{part}"):
+            file.write_bytes(file.read_bytes()[: len(file.read_bytes()) // 3])
+
+    return fault
+
+
+def _zero_counts_table():
+    table = smol_table()
+    table.counts.zero_()
+    return table
+
+
+def _other_tokenizer_prior(tmp: Path) -> Path:
+    """A `pdl-freq --model-prior` table of another tokenizer (fractional expected counts)."""
+    from pdl_plugin.frequency import FrequencyTable
+
+    counts = smol_table().counts.double() / 3
+    path = tmp / "model-prior.safetensors"
+    FrequencyTable(counts, "another-tokenizer", "assistant_only", "prior-data", kind="model_prior").save(path)
+    return path
+
+
+def _embedded_dialogue(tmp: Path) -> list[str]:
+    return recipe_argv("pdl-sft", tmp, {"dataset_name": "embedded:dialogue"}, drop=("datasets",))
+
+
+def _dangling_output_dir(tmp: Path) -> list[str]:
+    (tmp / "run-link").symlink_to(tmp / "gone" / "run")
+    return recipe_argv("pdl-sft", tmp, {"output_dir": str(tmp / "run-link")})
 
 
 CASES: list[Case] = [
@@ -480,6 +612,79 @@ CASES: list[Case] = [
     Case("prior-other-vocabulary", "pdl-sft",
          lambda t: recipe_argv("pdl-sft", t, {"pdl_prior_path": str(_table_file(t, 8)), "pdl_prior_mix": 0.5}),
          r"prior table .*table\.safetensors has 49160 entries.*--all-tokens", not_message=r"pdl_freq_path"),
+    # ---- silent results (issue 27): settings that train or report something else than asked, without a word
+    Case("warmup-longer-than-max-steps", "pdl-sft",
+         lambda t: recipe_argv("pdl-sft", t, {"max_steps": 3, "pdl_alpha_warmup_steps": 50}),
+         r"pdl_alpha_warmup_steps 50 is longer than the run's 3 optimizer steps.*never reaches pdl_alpha",
+         before_data=True),
+    Case("warmup-longer-than-epochs", "pdl-sft",
+         lambda t: recipe_argv("pdl-sft", t, {"num_train_epochs": 1, "pdl_alpha_warmup_steps": 40}, drop=("max_steps",)),
+         r"pdl_alpha_warmup_steps 40 is longer than the run's 2 optimizer steps.*never reaches pdl_alpha"),
+    Case("max-eval-samples-without-evaluation", "pdl-sft",
+         lambda t: recipe_argv("pdl-sft", t, {"max_eval_samples": 2}),
+         r"max_eval_samples 2 .*would be ignored.*eval_strategy", before_data=True),
+    Case("eval-nan-adapter", "pdl-eval", lambda t: eval_argv(t, nan=True),
+         r"validation cross-entropy is nan.*nothing was written", not_message=r"Results:"),
+    Case("eval-all-zero-table", "pdl-eval", lambda t: eval_argv(t, table=_zero_counts_table()),
+         r"counts no trained token", not_message=r"Results:"),
+    # ---- wrong messages (issue 27): the right culprit and the fix that fits the command
+    Case("reused-table-counts-one-token", "pdl-sft",
+         lambda t: recipe_argv("pdl-sft", t, {"pdl_freq_path": str(_one_token_table_file(t))}),
+         r"table .*one-token\.safetensors counts only 1 distinct token id", exit_code=0,
+         not_message=r"check the dataset", may_change=("*",)),
+    Case("eval-table-other-vocabulary", "pdl-eval",
+         lambda t: eval_argv(t, "--table", str(_table_file(t, 8))),
+         r"49160 entries.*--table", not_message=r"pdl_freq_path"),
+    Case("eval-reference-alpha-nan", "pdl-eval", lambda t: eval_argv(t, "--reference_alpha", "nan"),
+         r"--reference_alpha must be a finite number >= 0", not_message=r"\bpdl_alpha\b"),
+    Case("eval-missing-test-split", "pdl-eval", lambda t: eval_argv(t, with_validation=False),
+         r"no split `validation`.*dataset_test_split", not_message=r"eval_strategy"),
+    Case("compare-missing-test-split", "pdl-compare",
+         lambda t: ["pdl-compare", "--config", str(write_recipe(t)), "--alphas", "0", "--seeds", "0", "--outdir",
+                    str(t / "study")],
+         r"no split `test`.*dataset_test_split", not_message=r"eval_strategy", before_data=True),
+    Case("validation-columns-unlike-training", "pdl-sft",
+         lambda t: ["pdl-sft", "--config", str(split_recipe(t, {"eval_strategy": "steps", "eval_steps": 1}, validation=[
+             {"prompt": "Hi", "completion": "Hello"}]))],
+         r"columns.*messages.*completion.*prompt|columns.*completion.*prompt.*messages", before_data=True),
+    Case("config-is-a-folder", "pdl-sft", lambda t: ["pdl-sft", "--config", str(t)], r"is a folder",
+         not_message=r"not found", before_data=True),
+    Case("output-dir-dangling-symlink", "pdl-sft", _dangling_output_dir,
+         r"broken symbolic link.*gone/run", not_message=r"is a file", before_data=True),
+    # ---- tracebacks (issue 27)
+    Case("compare-outdir-is-a-file", "pdl-compare", lambda t: compare_argv(t, outdir=_file_at(t)),
+         r"--outdir .*is a file, not a folder", before_data=True),
+    Case("compare-results-dir-is-a-file", "pdl-compare",
+         lambda t: compare_argv(t, "--results_dir", str(_file_at(t, "results"))),
+         r"--results_dir .*is a file, not a folder", before_data=True),
+    Case("compare-results-wrong-shape", "pdl-compare", _wrong_shape_results,
+         r"results\.json .*not the shape pdl-compare writes \(no `warmup_steps`"),
+    Case("compare-ctrl-c", "pdl-compare", lambda t: compare_argv(t),
+         r"interrupted.*finished runs are kept.*rerun the same command", exit_code=130, fault=_ctrl_c_in_a_run),
+    Case("data-cache-is-a-file", "pdl-sft", _embedded_dialogue, r"PDL_PLUGIN_CACHE .*cache-file.*not a folder",
+         fault=_cache_is_a_file, before_data=True),
+    Case("data-cache-truncated-arrow", "pdl-sft", _embedded_dialogue, r"cached data set .* is damaged.*delete",
+         fault=_damaged_data_cache("arrow"), before_data=True),
+    Case("data-cache-truncated-json", "pdl-sft", _embedded_dialogue, r"cached data set .* is damaged.*delete",
+         fault=_damaged_data_cache("json"), before_data=True),
+    Case("output-dir-empty", "pdl-sft", lambda t: recipe_argv("pdl-sft", t, {"output_dir": ""}),
+         r"output_dir is empty", before_data=True),
+    Case("freq-plot-not-png", "pdl-freq",
+         lambda t: recipe_argv("pdl-freq", t, None, "--output", str(t / "out" / "t.safetensors"), "--plot",
+                               str(t / "p.txt")), r"--plot .*p\.txt.*\.png", before_data=True),
+    # ---- more of the same kind: settings given as words, a prior that is a folder or of another tokenizer
+    Case("min-weight-word", "pdl-sft", lambda t: recipe_argv("pdl-sft", t, {"pdl_min_weight": "half"}),
+         r"pdl_min_weight.*invalid float value: 'half'", before_data=True),
+    Case("prior-mix-word", "pdl-sft",
+         lambda t: recipe_argv("pdl-sft", t, {"pdl_prior_path": str(_table_file(t, 0)), "pdl_prior_mix": "half"}),
+         r"pdl_prior_mix.*invalid float value: 'half'", before_data=True),
+    Case("prior-path-is-a-folder", "pdl-sft",
+         lambda t: recipe_argv("pdl-sft", t, {"pdl_prior_path": str(t / "data"), "pdl_prior_mix": 0.5},
+                               data=split_data(t) / "train.jsonl"),
+         r"pdl_prior_path .*data is a folder", not_message=r"pdl_freq_path", before_data=True),
+    Case("prior-model-prior-other-tokenizer", "pdl-sft",
+         lambda t: recipe_argv("pdl-sft", t, {"pdl_prior_path": str(_other_tokenizer_prior(t)), "pdl_prior_mix": 0.5}),
+         r"prior table .*counted with another tokenizer.*--model-prior", not_message=r"pdl_freq_path"),
 ]
 
 
@@ -513,10 +718,14 @@ def _forbid_data_preparation(monkeypatch) -> None:
     monkeypatch.setattr(SFTTrainer, "_prepare_dataset", refuse)
 
 
+ENTRY_MODULES = {"pdl-sft": "pdl_plugin.cli.sft", "pdl-freq": "pdl_plugin.cli.freq", "pdl-eval": "pdl_plugin.cli.eval",
+                 "pdl-compare": "pdl_plugin.cli.compare"}
+
+
 def _main_of(entry: str):
     import importlib
 
-    return importlib.import_module({"pdl-sft": "pdl_plugin.cli.sft", "pdl-freq": "pdl_plugin.cli.freq"}[entry]).main
+    return importlib.import_module(ENTRY_MODULES[entry]).main
 
 
 def run_case(case: Case, prepared, tmp: Path, monkeypatch) -> Result:
@@ -532,7 +741,7 @@ def run_case(case: Case, prepared, tmp: Path, monkeypatch) -> Result:
         return Result("returned", "")
     argv = prepared
     if case.subprocess:
-        module = {"pdl-sft": "pdl_plugin.cli.sft", "pdl-freq": "pdl_plugin.cli.freq"}[argv[0]]
+        module = ENTRY_MODULES[argv[0]]
         env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
         done = subprocess.run([sys.executable, "-m", module, *argv[1:]], capture_output=True, text=True, env=env,
                               timeout=600, cwd=tmp)
@@ -624,7 +833,7 @@ def test_bad_input(case: Case, tmp_path: Path, monkeypatch) -> None:
     assert not problems, f"{case.id}: {problems}\n--- output ---\n{result.output[-4000:]}"
     if case.run != "api":
         errors = [line for line in result.output.splitlines() if line.startswith("error:")]
-        assert len(errors) == (1 if case.exit_code == 2 else 0), result.output[-2000:]
+        assert len(errors) == (0 if case.exit_code == 0 else 1), result.output[-2000:]
 
 
 # ---- the atomic writers these cases rely on ----------------------------------------------------------------------

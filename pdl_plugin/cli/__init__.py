@@ -46,15 +46,16 @@ def require_trl_host(command: str) -> None:
                     "and count tables with `axolotl pdl-freq`.")
 
 
-def stop_with_error(message: str) -> None:
-    """Print `error: MESSAGE` on one line of stderr and exit with status 2: how every command of ours fails."""
+def stop_with_error(message: str, code: int = 2) -> None:
+    """Print `error: MESSAGE` on one line of stderr and exit with status 2 (or `code`: 130 for Ctrl-C): how every
+    command of ours fails."""
     from rich.console import Console
     from rich.markup import escape
 
     message = " ".join(message.split())  # one line, whatever the message's own line breaks
     # soft_wrap: never broken at the terminal's width; escape: a `[...]` in the message is text, not markup
     Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {escape(message)}", highlight=False)
-    raise SystemExit(2)
+    raise SystemExit(code)
 
 
 def run_cli(main_fn, argv: list[str] | None) -> None:

@@ -35,7 +35,7 @@ from rich.console import Console
 from ..errors import PDLConfigError, PDLError
 from .eval import _Parser, eval_arguments, settings_from
 from ..recipe import parse_recipe
-from . import run_cli
+from . import run_cli, stop_with_error
 
 USAGE = ("pdl-compare --config RECIPE.yaml --alphas 0,0.25,0.5,1.0 [--seeds 0,1] [--alpha_warmup_steps N] "
          "[--exempt_alphas A,B] [--outdir DIR] [--results_dir DIR] [--report FILE.md] [--report_only] [--shard I/N] "
@@ -98,6 +98,8 @@ def compare(argv: list[str]) -> Path:
                                  f"{options.exempt_alphas!r}.")
         arms += [Arm(alpha, exempt=True) for alpha in exempt_alphas]
     recipe = parse_recipe(["--config", options.config, *overrides])  # fails early on a bad recipe or override
+    if not options.report_only:
+        _check_study_folders(options, recipe)
     task = options.task or Path(options.config).stem.removesuffix("_lora").removesuffix("_qlora")
     task_dir = Path(options.outdir) / task
     source_dir = Path(options.results_dir) / task if options.results_dir else task_dir
@@ -158,6 +160,17 @@ def compare(argv: list[str]) -> Path:
     return path
 
 
+def _check_study_folders(options, recipe) -> None:
+    """Before any run: the folders the study writes can be made, and every run's evaluation will find its split."""
+    from ..eval.evaluate import load_validation_split
+    from ..files import check_can_create_folder
+
+    check_can_create_folder(options.outdir, "--outdir")
+    if options.results_dir:
+        check_can_create_folder(options.results_dir, "--results_dir")
+    load_validation_split(recipe)
+
+
 def _report_failure(console: Console, name: str, err: Exception) -> str:
     """Say why a run failed and go on: one line for our own errors (the message names the fix), the traceback for
     anything else (a bug, or a library's error), so that a study left running overnight loses no run to another's
@@ -191,8 +204,17 @@ def _study_argv(argv: list[str]) -> list[str]:
     return shown
 
 
+INTERRUPTED = ("interrupted (Ctrl-C): the finished runs are kept and the run in progress starts again (or resumes from "
+               "its last checkpoint with --checkpoint_steps); rerun the same command to go on.")
+
+
 def main(argv: list[str] | None = None) -> None:
-    run_cli(compare, argv)
+    try:
+        run_cli(compare, argv)
+        return
+    except KeyboardInterrupt:
+        pass
+    stop_with_error(INTERRUPTED, code=130)  # outside the except: no chained traceback
 
 
 if __name__ == "__main__":

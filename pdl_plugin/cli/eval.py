@@ -12,6 +12,7 @@ from . import require_trl_host
 require_trl_host("pdl-eval")  # before the imports below, which load TRL
 
 import argparse
+import math
 from pathlib import Path
 
 from rich.console import Console
@@ -59,6 +60,10 @@ def settings_from(options, recipe):
             raise PDLConfigError(f"--{name} must be >= 1, got {getattr(options, name)}.")
     if options.temperature <= 0 or not 0 < options.top_p <= 1:
         raise PDLConfigError("--temperature must be > 0 and --top_p in (0, 1].")
+    alpha = options.reference_alpha
+    if alpha is not None and not (math.isfinite(alpha) and alpha >= 0):
+        raise PDLConfigError(f"--reference_alpha must be a finite number >= 0 (the alpha of the reported validation "
+                             f"PDL; leave it out for the recipe's), got {alpha}.")
     return EvalSettings(
         max_prompts=options.max_prompts, max_new_tokens=options.max_new_tokens, batch_size=options.eval_batch_size,
         seed=options.eval_seed if options.eval_seed is not None else recipe.training.seed,
@@ -68,7 +73,8 @@ def settings_from(options, recipe):
 
 
 def evaluate_cli(argv: list[str]) -> dict:
-    from ..eval.evaluate import check_adapter_folder, evaluate_model, format_table, load_for_eval
+    from ..eval.evaluate import (EVAL_TABLE_HINT, check_adapter_folder, evaluate_model, format_table, load_for_eval,
+                                 load_validation_split)
 
     parser = eval_arguments(_Parser(prog="pdl-eval", usage=USAGE))
     parser.add_argument("--adapter", required=True, help="output_dir of a pdl-sft run (LoRA adapter or full model)")
@@ -88,12 +94,13 @@ def evaluate_cli(argv: list[str]) -> dict:
             "cross-entropy and saves one), or count one with `pdl-freq --config RECIPE.yaml --output TABLE` and pass "
             "`--table TABLE`."
         )
-    table = FrequencyTable.load(table_path)
+    table = FrequencyTable.load(table_path, hint=EVAL_TABLE_HINT)
     settings = settings_from(options, recipe)
     output = Path(options.output) if options.output else Path(options.adapter) / "eval.json"
     check_can_create_file(output, "--output")  # before the model loads and the whole evaluation runs
+    _, validation = load_validation_split(recipe)  # a missing split too
     model, tokenizer = load_for_eval(options.adapter, recipe)
-    result = evaluate_model(model, tokenizer, recipe, table, settings)
+    result = evaluate_model(model, tokenizer, recipe, table, settings, validation_dataset=validation)
     result["adapter"] = str(options.adapter)
     write_json(output, result)
     console = Console()

@@ -51,9 +51,9 @@ def _print_summary(trainer: PDLSFTTrainer) -> None:
     report = getattr(trainer, "pdl_preparation_report", None)  # a preparation.PreparationReport, when the trainer has one
     for line in report.lines() if report is not None else []:
         console.print(f"[yellow]preparation:[/] {escape(line)}", highlight=False)
-    few = few_trained_ids_warning(trainer.pdl_table, trainer.processing_class)
+    few = few_trained_ids_warning(trainer.pdl_table, trainer.processing_class, source=args.pdl_freq_path)
     if few:
-        console.print(f"[yellow]warning:[/] {escape(few)}", highlight=False)
+        console.print(f"[yellow]warning:[/] {escape(few)}", highlight=False, soft_wrap=True)  # its path unbroken
 
 
 def main(argv: list[str] | None = None) -> None:

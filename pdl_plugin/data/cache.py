@@ -29,11 +29,27 @@ def cache_dir(*parts: str) -> Path:
     """
     root = os.environ.get("PDL_PLUGIN_CACHE")
     if root:
-        base = Path(root)
+        base, where = Path(root), "PDL_PLUGIN_CACHE"
     else:
         xdg = os.environ.get("XDG_CACHE_HOME")
         base = (Path(xdg) if xdg else Path.home() / ".cache") / "pdl_plugin"
-    return base.expanduser().joinpath(*parts)
+        where = "The cache folder (XDG_CACHE_HOME/pdl_plugin)" if xdg else "The cache folder"
+    base = base.expanduser()
+    _check_cache_root(base, where)
+    return base.joinpath(*parts)
+
+
+def _check_cache_root(base: Path, where: str) -> None:
+    """Refuse a cache root that is, or lies under, a file: no cached model or data set could be made there."""
+    probe = base
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        what = "is a file" if probe == base else f"lies under {probe}, which is a file"
+        raise EmbeddedResourceError(
+            f"{where} {base} {what}, not a folder, so the built-in models and data sets cannot be cached there. "
+            "Point PDL_PLUGIN_CACHE at a folder (it is created), or unset it to use ~/.cache/pdl_plugin."
+        )
 
 
 @contextmanager
@@ -92,10 +108,23 @@ def cached_splits(
         with atomic_dir(target) as tmp:
             splits.save_to_disk(str(tmp))
             (tmp / "fingerprint.json").write_text(key_source + "\n", encoding="utf-8")
-    splits = load_from_disk(str(target))
+    splits = _load_cached(target)
     if max_records is not None:
         splits = DatasetDict({part: rows.select(range(min(max_records, len(rows)))) for part, rows in splits.items()})
     return splits
+
+
+def _load_cached(target: Path) -> DatasetDict:
+    """The cached splits at `target`, or one clear error when the cache is damaged (a copy cut short, a file
+    truncated by a full disk): what to delete so that the next run builds it again."""
+    try:
+        return load_from_disk(str(target))
+    except Exception as err:  # noqa: BLE001 - pyarrow, json and datasets each fail in their own words
+        reason = " ".join(str(err).split())[:200]
+        raise EmbeddedResourceError(
+            f"The cached data set at {target} is damaged ({type(err).__name__}: {reason}). Delete that folder "
+            f"(`rm -r {target}`) and run again: it is built again from its source."
+        ) from None
 
 
 def _split(

@@ -31,6 +31,7 @@ from ..errors import PDLConfigError
 from ..files import write_atomically
 from ..figures import pyplot, save_figure
 from . import metrics
+from .run_results import check_run_results
 
 DONE = "done"
 TRAIN_FILE = "train.json"
@@ -301,11 +302,12 @@ def load_runs(task_dir: Path) -> dict[str, list[dict]]:
             raise PDLConfigError(f"{folder} has {RESULTS_FILE} but no {TRAIN_FILE} (log history and timings). Restore "
                                  f"{train_file}, or delete the folder to redo the run.")
         try:
-            result = json.loads(results_file.read_text())
-            result["train"] = json.loads(train_file.read_text())
+            result, train = json.loads(results_file.read_text()), json.loads(train_file.read_text())
         except ValueError as err:
             raise PDLConfigError(f"{folder}: {RESULTS_FILE} or {TRAIN_FILE} is not valid JSON ({err}). Restore it, or "
                                  "delete the folder to redo the run.") from None
+        check_run_results(folder, result, train)
+        result["train"] = train
         _fill_text_metrics(result)
         runs.setdefault(result["arm"], []).append(result)
     return dict(sorted(runs.items(), key=lambda kv: (kv[1][0]["warmup_steps"] > 0, bool(kv[1][0].get("exempt")),

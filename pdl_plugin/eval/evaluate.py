@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import PDLConfigError
+from ..errors import PDLConfigError, PDLError
 from ..frequency import FrequencyTable, special_token_ids, tokenizer_fingerprint
 from . import metrics
 from .execution import pass_at_1
@@ -55,17 +55,49 @@ class EvalSettings:
 
 
 def load_validation_split(recipe):
-    """The recipe's validation split (its `dataset_test_split`), whatever its `eval_strategy` says."""
-    from ..recipe import load_recipe_datasets
+    """The recipe's train split and its validation split (its `dataset_test_split`), whatever its `eval_strategy`
+    says; a missing validation split is refused with the split's name and how to set it."""
+    from ..recipe import load_dataset_dict
 
-    training = recipe.training
-    saved = training.eval_strategy
-    training.eval_strategy = "steps"  # only read by load_recipe_datasets, to decide whether to return the eval split
-    try:
-        train, validation = load_recipe_datasets(recipe)
-    finally:
-        training.eval_strategy = saved
-    return train, validation
+    script = recipe.script
+    dataset = load_dataset_dict(recipe)
+    for split, key in ((script.dataset_test_split, "dataset_test_split"),
+                       (script.dataset_train_split, "dataset_train_split")):
+        if split not in dataset:
+            raise PDLConfigError(
+                f"The data set has no split `{split}` (it has {', '.join(f'`{name}`' for name in dataset)}), which "
+                f"the evaluation reads as the recipe's `{key}`. Set `{key}` to one of them, in the recipe or on the "
+                f"command line (e.g. `--{key} {next(iter(dataset), 'validation')}`)."
+            )
+    return dataset[script.dataset_train_split], dataset[script.dataset_test_split]
+
+
+# Where a training frequency table given to an evaluation comes from, and the way out when it does not fit
+EVAL_TABLE_HINT = ("or pass the table of the run that trained this adapter (`pdl-eval --table`, by default "
+                   "ADAPTER/pdl_frequency_table.safetensors)")
+
+
+def check_eval_table(table: FrequencyTable, tokenizer, vocab_rows: int) -> None:
+    """Refuse a training table that does not fit the model, or counts nothing (every weight would be 0/0)."""
+    table.check_compatible(tokenizer_fingerprint(tokenizer), vocab_rows, source="The training frequency table",
+                           hint=EVAL_TABLE_HINT)
+    if not table.total > 0:
+        raise PDLConfigError("The training frequency table counts no trained token (total 0), so it has no "
+                             "frequencies for self-information, rare tokens or validation PDL. Recount it with "
+                             f"`pdl-freq --config RECIPE.yaml --output TABLE`, {EVAL_TABLE_HINT}.")
+
+
+def check_finite_losses(validation: dict) -> None:
+    """Refuse validation losses that are not finite (a model whose weights are NaN, an adapter trained to NaN):
+    results of NaN must not be written as if they were results."""
+    bad = [f"validation {words} is {validation[key]}" for key, words in (("ce", "cross-entropy"), ("pdl", "PDL"))
+           if not math.isfinite(validation[key])]
+    if bad:
+        raise PDLError(
+            f"The {' and '.join(bad)} over {validation['tokens']} validation tokens: the model's outputs are not finite numbers "
+            "(an adapter or model whose weights are NaN or infinite, e.g. a run that diverged). Nothing was written. "
+            "Evaluate an adapter whose training loss stayed finite."
+        )
 
 
 def evaluate_model(model, tokenizer, recipe, table: FrequencyTable, settings: EvalSettings | None = None,
@@ -79,7 +111,7 @@ def evaluate_model(model, tokenizer, recipe, table: FrequencyTable, settings: Ev
     settings = settings or EvalSettings()
     started, cpu_started = time.perf_counter(), time.process_time()
     vocab_rows = model.get_output_embeddings().weight.shape[0]
-    table.check_compatible(tokenizer_fingerprint(tokenizer), vocab_rows, source="The training frequency table")
+    check_eval_table(table, tokenizer, vocab_rows)
     if validation_dataset is None:
         _, validation_dataset = load_validation_split(recipe)
     split = recipe.script.dataset_test_split
@@ -95,6 +127,9 @@ def evaluate_model(model, tokenizer, recipe, table: FrequencyTable, settings: Ev
     completes_functions = is_code and is_function_completion(examples)
     stop_sequences = CODE_STOP_SEQUENCES if completes_functions else ()
     tested = [i for i, e in enumerate(examples) if e.test]
+    # first, so that a model of NaN is refused before the generations are spent on it
+    validation_scores = validation_losses(model, tokenizer, recipe, table, reference_alpha, validation)
+    check_finite_losses(validation_scores)
 
     result = {
         "format": EVAL_FORMAT,
@@ -125,7 +160,7 @@ def evaluate_model(model, tokenizer, recipe, table: FrequencyTable, settings: Ev
                                      completes_functions)
         result["generation"][mode] = scored
         samples[mode] = generations
-    result["validation"] = validation_losses(model, tokenizer, recipe, table, reference_alpha, validation)
+    result["validation"] = validation_scores
     result["samples"] = [
         {"prompt": e.source_prompt[-300:], "reference": e.reference,
          **{mode: samples[mode][i].text for mode in samples}}
