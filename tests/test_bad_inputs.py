@@ -307,6 +307,23 @@ def _zero_table_file(tmp: Path) -> Path:
     return path
 
 
+def _shard_files(tmp: Path) -> list[str]:
+    """Two shard tables of one count (0/2 and 1/2) and the whole's table, as `pdl-freq --shard` writes them."""
+    paths = []
+    for name, mark in (("shard0", "0/2"), ("shard1", "1/2"), ("whole", None)):
+        table = smol_table()
+        table.data_fingerprint = name
+        if mark:
+            table.extra["shard"] = mark
+        paths.append(str(table.save(tmp / f"{name}.safetensors")))
+    return paths
+
+
+def _merge(tmp: Path, *picks: int) -> list[str]:
+    files = _shard_files(tmp)
+    return ["pdl-freq", "merge", "--output", str(tmp / "out" / "merged.safetensors"), *(files[i] for i in picks)]
+
+
 def _damaged_file(tmp: Path) -> Path:
     path = tmp / "damaged.safetensors"
     path.write_bytes(_table_file(tmp, 0).read_bytes()[:300])
@@ -519,6 +536,17 @@ CASES: list[Case] = [
     Case("freq-disk-full-saving-table", "pdl-freq",
          lambda t: recipe_argv("pdl-freq", t, None, "--output", str(t / "out" / "pdl_frequency_table.safetensors")),
          r"No space left on device.*previous file is unchanged", fault=_table_disk_full),
+    Case("freq-merge-a-shard-with-itself", "pdl-freq", lambda t: _merge(t, 0, 0),
+         r"same data .* given twice.*count twice"),
+    Case("freq-merge-the-whole-with-a-shard", "pdl-freq", lambda t: _merge(t, 2, 1),
+         r"whole table .* with shard tables.*count twice"),
+    Case("freq-shard-count-zero", "pdl-freq",
+         lambda t: recipe_argv("pdl-freq", t, None, "--shard", "1/0", "--output", str(t / "out" / "t.safetensors")),
+         r"--shard 1/0: the number of shards N must be at least 1", not_message=r"0\.\.-1", before_data=True),
+    Case("freq-table-and-output", "pdl-freq",
+         lambda t: recipe_argv("pdl-freq", t, None, "--table", str(_table_file(t, 0)), "--output",
+                               str(t / "out" / "t.safetensors")),
+         r"--table inspects an existing table and writes nothing", before_data=True),
     Case("freq-merge-output-under-a-file", "pdl-freq",
          lambda t: ["pdl-freq", "merge", "--output", str(_file_at(t / "out") / "t.safetensors"),
                     str(_table_file(t, 0)), str(_table_file(t, 0))],
