@@ -21,7 +21,6 @@ import json
 import logging
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -31,15 +30,14 @@ from .files import write_json
 from .frequency import (IGNORE_INDEX, TABLE_FILENAME, FrequencyTable, count_trained_tokens, data_fingerprint,  # noqa: F401
                         few_trained_ids_warning)
 from .loss import pdl_sums, target_weights
-from .run_weights import (PRIOR_FILENAME, end_of_turn_id, end_of_turn_warning, exempt_ids, load_prior,
-                          weights_for_settings)
-from .settings import ABSENT_BEFORE, RESUME_KEYS, PDLSettings
+from .run_weights import (PRIOR_FILENAME, check_bounds_leave_a_reweighting, check_weights, end_of_turn_id,
+                          end_of_turn_warning, exempt_ids, load_prior, weights_for_settings)
+from .settings import ABSENT_BEFORE, RESUME_KEYS, PDLSettings, check_alpha_warmup  # noqa: F401 (re-exported)
 
 logger = logging.getLogger(__name__)
 
 SETTINGS_FILENAME = "pdl_config.json"
 _TINY = torch.finfo(torch.float32).tiny
-_FLOAT32_MAX = torch.finfo(torch.float32).max
 
 
 class PDLEngine:
@@ -123,7 +121,8 @@ class PDLEngine:
                 table.check_compatible(tokenizer_fingerprint, output_rows, source=f"The table {settings.pdl_freq_path}")
             except FrequencyTableError as err:
                 raise FrequencyTableError(with_command(str(err), recount_command)) from None
-            log.info("PDL: using the frequency table %s (%s trained tokens).", settings.pdl_freq_path, f"{table.total:,}")
+            log.info("PDL: using the frequency table %s (%s trained tokens).", settings.pdl_freq_path,
+                     f"{table.total:,}")
         else:
             if train_dataset is None:
                 raise PDLConfigError("loss_type 'pdl' needs a training set to count, or `pdl_freq_path`.")
@@ -151,51 +150,8 @@ class PDLEngine:
         return weights_for_settings(self.settings, self.table, prior=self.prior, exempt=self.exempt_ids, alpha=alpha)
 
     def _check_weights(self) -> None:
-        """Refuse settings whose float32 weights would overflow, vanish, or make a step's weight sum overflow.
-
-        Warm-up alphas lie between 0 and `pdl_alpha`, and `(f + eps) ** -alpha` is monotone in alpha, so the full
-        alpha is the extreme case.
-        """
-        s, weights = self.settings, self.weights
-        counted = self.table.counts > 0
-        trained = weights[counted]
-        total = (weights.double() * self.table.counts.double()).sum()
-        problem = None
-        if not torch.isfinite(weights).all():
-            problem = "some weights overflow float32 (infinite)"
-        elif not (trained > 0).all():
-            problem = "the weights of frequent tokens underflow to 0 in float32, so they would not be trained at all"
-        elif not total < _FLOAT32_MAX:
-            problem = f"the weights of the counted tokens sum to {float(total):.3g}, beyond float32"
-        if problem:
-            raise PDLConfigError(
-                f"pdl_alpha {s.pdl_alpha} with pdl_epsilon {s.pdl_epsilon} gives unusable weights: {problem} "
-                f"(counted weights from {float(trained.min()):.3g} to {float(trained.max()):.3g}). Training would "
-                "produce NaN. Use an alpha in the paper's range [0.25, 1.5] and a small epsilon such as 1e-6, or cap "
-                "the weights with pdl_max_weight."
-            )
-        self._check_bounds_leave_a_reweighting(trained)
-
-    def _check_bounds_leave_a_reweighting(self, trained: torch.Tensor) -> None:
-        """Refuse a cap or floor so tight that every trained token weighs the same: PDL would silently be plain
-        cross-entropy (the exempt tokens left aside, they weigh the mean anyway)."""
-        s = self.settings
-        if s.pdl_alpha == 0 or (s.pdl_max_weight is None and s.pdl_min_weight is None):
-            return
-        kept = torch.ones(len(self.table.counts), dtype=torch.bool)
-        kept[list(self.exempt_ids)] = False
-        weights = self.weights[(self.table.counts > 0) & kept]
-        unbounded = weights_for_settings(replace(s, pdl_max_weight=None, pdl_min_weight=None), self.table,
-                                         prior=self.prior)[(self.table.counts > 0) & kept]
-        if weights.numel() > 1 and torch.allclose(weights, weights[0]) and not torch.allclose(unbounded, unbounded[0]):
-            bounds = ", ".join(f"{name} {getattr(s, name)}" for name in ("pdl_min_weight", "pdl_max_weight")
-                               if getattr(s, name) is not None)
-            raise PDLConfigError(
-                f"{bounds} give every trained token the same weight, so the loss would be plain cross-entropy "
-                "without a word. The weights are multiples of the mean weight: a cap must lie above 1 and a floor "
-                "below the largest weight / mean (e.g. pdl_max_weight: 20, pdl_min_weight: 1), or set pdl_alpha: 0 "
-                "for cross-entropy on purpose."
-            )
+        check_weights(self.settings, self.table, self.weights)
+        check_bounds_leave_a_reweighting(self.settings, self.table, self.weights, self.prior, self.exempt_ids)
 
     def alpha_at(self, step: int) -> float:
         """The alpha of optimizer step `step` (0-based): linear from 0 to `pdl_alpha` over the warm-up steps."""
@@ -417,18 +373,6 @@ class PDLEngine:
                 f"interrupted run's ({PRIOR_FILENAME} in the checkpoint), so the loss would change mid-run. Resume "
                 f"with `pdl_prior_path: {folder / PRIOR_FILENAME}`, or start a new run without resuming."
             )
-
-
-def check_alpha_warmup(warmup: int, max_steps: int, length: str) -> None:
-    """Refuse an alpha warm-up longer than the run (`length` says where its `max_steps` come from): its alpha would
-    never reach `pdl_alpha`, and a warm-up much longer makes the whole run nearly plain cross-entropy."""
-    if max_steps > 0 and warmup > max_steps:
-        raise PDLConfigError(
-            f"pdl_alpha_warmup_steps {warmup} is longer than the run's {max_steps} optimizer steps ({length}), so its "
-            f"alpha never reaches pdl_alpha: the last step trains at {(max_steps - 1) / warmup:.0%} of it, and the "
-            f"run is a ramp from plain cross-entropy. Set pdl_alpha_warmup_steps to at most {max_steps} (a tenth of "
-            "the run is usual), or train for more steps."
-        )
 
 
 def with_command(message: str, command: str) -> str:

@@ -3,8 +3,9 @@
 TRL's `SFTTrainer` and Axolotl's `AxolotlTrainer` are both `transformers.Trainer`s, so the step denominator
 (`_get_num_items_in_batch`), the logged metrics (`log`), the checkpoint files (`_save_checkpoint`), the run folder
 (`save_model` and the model's own `save_pretrained` into output_dir: the adapter with its PDL files, see `run_folder`;
-one run at a time) and the resume check (`train`) are connected here once. A host adapter builds the engine (`self.pdl_engine`, its own counting and masking)
-and computes the per-token log-probs of its model; everything else is the engine's.
+one run at a time) and the resume check (`train`) are connected here once. A host adapter builds the engine
+(`self.pdl_engine`, its own counting and masking) and computes the per-token log-probs of its model; everything else
+is the engine's.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .checkpoints import check_resume_checkpoint, last_complete_checkpoint, remove_incomplete_checkpoint
-from .engine import PDLEngine, check_alpha_warmup
+from .engine import PDLEngine
+from .settings import check_alpha_warmup
 from .errors import PDLWriteError
 from .files import describe_os_error, write_failure
 from .fused_head import add_pdl_head, pdl_head_unsupported

@@ -380,7 +380,7 @@ def check_before_training(recipe: Recipe) -> None:
 def check_ignored_settings(recipe: Recipe) -> None:
     """Refuse settings this run would silently not honour: `max_eval_samples` without an evaluation, an alpha
     warm-up longer than the run's `max_steps` (the other hosts' runs are checked when training begins)."""
-    from .engine import check_alpha_warmup
+    from .settings import check_alpha_warmup
 
     training, script = recipe.training, recipe.script
     if script.max_eval_samples is not None and training.eval_strategy == "no":

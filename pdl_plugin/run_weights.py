@@ -8,6 +8,7 @@ everywhere at once. Also here: loading a prior table, and finding and guarding t
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -143,3 +144,52 @@ def end_of_turn_warning(
 def _ordinal(n: int) -> str:
     suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
     return f"{n:,}{suffix}"
+
+
+_FLOAT32_MAX = torch.finfo(torch.float32).max
+
+
+def check_weights(settings: PDLSettings, table: FrequencyTable, weights: torch.Tensor) -> None:
+    """Refuse settings whose float32 weights would overflow, vanish, or make a step's weight sum overflow.
+
+    Warm-up alphas lie between 0 and `pdl_alpha`, and `(f + eps) ** -alpha` is monotone in alpha, so the full
+    alpha is the extreme case.
+    """
+    trained = weights[table.counts > 0]
+    total = (weights.double() * table.counts.double()).sum()
+    problem = None
+    if not torch.isfinite(weights).all():
+        problem = "some weights overflow float32 (infinite)"
+    elif not (trained > 0).all():
+        problem = "the weights of frequent tokens underflow to 0 in float32, so they would not be trained at all"
+    elif not total < _FLOAT32_MAX:
+        problem = f"the weights of the counted tokens sum to {float(total):.3g}, beyond float32"
+    if problem:
+        raise PDLConfigError(
+            f"pdl_alpha {settings.pdl_alpha} with pdl_epsilon {settings.pdl_epsilon} gives unusable weights: {problem} "
+            f"(counted weights from {float(trained.min()):.3g} to {float(trained.max()):.3g}). Training would "
+            "produce NaN. Use an alpha in the paper's range [0.25, 1.5] and a small epsilon such as 1e-6, or cap "
+            "the weights with pdl_max_weight."
+        )
+
+
+def check_bounds_leave_a_reweighting(settings: PDLSettings, table: FrequencyTable, weights: torch.Tensor,
+                                     prior: FrequencyTable | None, exempt: Iterable[int]) -> None:
+    """Refuse a cap or floor so tight that every trained token weighs the same: PDL would silently be plain
+    cross-entropy (the exempt tokens left aside, they weigh the mean anyway)."""
+    s = settings
+    if s.pdl_alpha == 0 or (s.pdl_max_weight is None and s.pdl_min_weight is None):
+        return
+    kept = table.counts > 0
+    kept[list(exempt)] = False
+    bounded = weights[kept]
+    unbounded = weights_for_settings(replace(s, pdl_max_weight=None, pdl_min_weight=None), table, prior=prior)[kept]
+    if bounded.numel() > 1 and torch.allclose(bounded, bounded[0]) and not torch.allclose(unbounded, unbounded[0]):
+        bounds = ", ".join(f"{name} {getattr(s, name)}" for name in ("pdl_min_weight", "pdl_max_weight")
+                           if getattr(s, name) is not None)
+        raise PDLConfigError(
+            f"{bounds} give every trained token the same weight, so the loss would be plain cross-entropy "
+            "without a word. The weights are multiples of the mean weight: a cap must lie above 1 and a floor "
+            "below the largest weight / mean (e.g. pdl_max_weight: 20, pdl_min_weight: 1), or set pdl_alpha: 0 "
+            "for cross-entropy on purpose."
+        )

@@ -279,3 +279,15 @@ def check_loss_type(loss_type, given: Iterable[str], how_to_enable: str) -> None
             f"{', '.join(given)} set but loss_type is {loss_type!r}, so PDL is off and they would be ignored. "
             f"{how_to_enable}, or remove them."
         )
+
+
+def check_alpha_warmup(warmup: int, max_steps: int, length: str) -> None:
+    """Refuse an alpha warm-up longer than the run (`length` says where its `max_steps` come from): its alpha would
+    never reach `pdl_alpha`, and a warm-up much longer makes the whole run nearly plain cross-entropy."""
+    if max_steps > 0 and warmup > max_steps:
+        raise PDLConfigError(
+            f"pdl_alpha_warmup_steps {warmup} is longer than the run's {max_steps} optimizer steps ({length}), so its "
+            f"alpha never reaches pdl_alpha: the last step trains at {(max_steps - 1) / warmup:.0%} of it, and the "
+            f"run is a ramp from plain cross-entropy. Set pdl_alpha_warmup_steps to at most {max_steps} (a tenth of "
+            "the run is usual), or train for more steps."
+        )
