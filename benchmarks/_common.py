@@ -1,26 +1,58 @@
-"""Shared helpers for the benchmark scripts: process memory and ratio summaries."""
+"""Shared helpers for the benchmark scripts: process memory, memory processes and ratio summaries."""
 
 from __future__ import annotations
 
+import json
+import os
 import platform
 import resource
 import statistics
-
-import torch
+import subprocess
+from collections.abc import Callable, Sequence
 
 
 def rss_mb() -> float:
     """Current resident memory of this process, MB."""
+    return status_mb("VmRSS")
+
+
+def status_mb(field: str) -> float:
+    """A memory field of /proc/self/status (VmRSS, VmHWM, ...), MB."""
     with open("/proc/self/status") as status:
         for line in status:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS in /proc/self/status")
+    raise RuntimeError(f"no {field} in /proc/self/status")
 
 
 def peak_rss_mb() -> float:
     """Peak resident memory of this process so far, MB (Linux reports KB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def measure_steps(run_steps: Callable[[], None]) -> dict:
+    """Run the training steps with the kernel's high-water mark reset just before them (/proc/self/clear_refs):
+    the process's peak (set-up included), the peak during the steps alone, and what the steps add."""
+    setup_peak, before = status_mb("VmHWM"), status_mb("VmRSS")
+    with open("/proc/self/clear_refs", "w") as refs:
+        refs.write("5")  # reset the high-water mark: from here on VmHWM is the training steps' peak
+    run_steps()
+    train_peak = status_mb("VmHWM")
+    return {"peak_mb": max(setup_peak, train_peak, peak_rss_mb()), "setup_peak_mb": setup_peak,
+            "before_steps_mb": before, "train_peak_mb": train_peak, "train_added_mb": train_peak - before}
+
+
+def memory_processes(command: Callable[[str], list[str]], variants: Sequence[str], repeats: int) -> dict[str, list]:
+    """Each variant in its own process, `repeats` times, the order reversed every other repetition; each process
+    prints one JSON object on its last line. Returns variant -> the objects, in repetition order."""
+    results: dict[str, list] = {variant: [] for variant in variants}
+    for repeat in range(repeats):
+        for variant in (list(variants) if repeat % 2 == 0 else list(variants)[::-1]):
+            proc = subprocess.run(command(variant), capture_output=True, text=True, env=dict(os.environ), check=False)
+            if proc.returncode != 0:
+                raise RuntimeError(f"memory process {variant} failed:\n{proc.stderr[-4000:]}")
+            results[variant].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    return results
 
 
 def ratio_line(name: str, ratios: list[float]) -> str:
@@ -29,6 +61,8 @@ def ratio_line(name: str, ratios: list[float]) -> str:
 
 
 def machine() -> str:
+    import torch  # not at import: axolotl_step.py sets the thread variables first
+
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as info:

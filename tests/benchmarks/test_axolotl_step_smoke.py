@@ -35,6 +35,19 @@ def test_axolotl_variants_differ_only_in_the_loss(tmp_path):
     assert ce["plugins"] == pdl["plugins"] == bench.PLUGINS
 
 
+def test_axolotl_options_differ_from_plain_pdl_only_in_their_settings(tmp_path):
+    bench = _module("axolotl_step")
+    pdl = bench.raw_config("pdl", tmp_path)
+    for name in ("floor", "ce_mix", "prior"):
+        cfg = bench.raw_config(name, tmp_path)
+        settings = bench.option_settings(name, tmp_path)
+        assert cfg["loss_type"] == "pdl" and all(cfg[key] == value for key, value in settings.items())
+        differing = {key for key in cfg.keys() | pdl.keys() if cfg.get(key) != pdl.get(key)}
+        assert differing == {"output_dir", *settings}
+    # a memory process writes its own folder: the timing process still holds out-pdl (PDL runs lock output_dir)
+    assert bench.raw_config("pdl", tmp_path, run="-memory-1")["output_dir"] != pdl["output_dir"]
+
+
 def test_frozen_head_gets_no_weight_gradient_and_the_same_hidden_gradient():
     bench = _module("loss_step")
     grads = {}
@@ -51,7 +64,7 @@ def test_loss_step_frozen_memory_only_runs():
     result = subprocess.run(
         [sys.executable, str(BENCHMARKS / "loss_step.py"), "--head", "frozen", "--dtype", "float32", "--no-time",
          "--vocab", "1024", "--tokens", "128", "--methods", "pdl_fused"],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True, text=True, timeout=300, check=False,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [line for line in result.stdout.splitlines() if line.startswith("| frozen |")]
@@ -61,10 +74,14 @@ def test_loss_step_frozen_memory_only_runs():
 def test_axolotl_step_runs():
     pytest.importorskip("axolotl")
     result = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "axolotl_step.py"), "--pairs", "1", "--skip-memory"],
-        capture_output=True, text=True, timeout=1200,
+        [sys.executable, str(BENCHMARKS / "axolotl_step.py"), "--pairs", "1", "--skip-memory", "--variants", "all"],
+        capture_output=True, text=True, timeout=1200, check=False,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "trainers: ce AxolotlTrainer, pdl PDLAxolotlTrainer" in result.stdout
+    assert ("trainers: ce AxolotlTrainer, pdl PDLAxolotlTrainer, floor PDLAxolotlTrainer, ce_mix PDLAxolotlTrainer, "
+            "prior PDLAxolotlTrainer") in result.stdout
     assert "PDL head: trained positions" in result.stdout
     assert re.search(r"step time, PDL / Axolotl CE: median \d+\.\d+", result.stdout)
+    for option in ("floor", "ce_mix", "prior"):
+        assert re.search(rf"step time \(CPU\), {option} / PDL: median \d+\.\d+", result.stdout)
+    assert re.search(r"engine's share of a step .*: pdl \d+, floor \d+ .*, ce_mix \d+ .*, prior \d+ ", result.stdout)
