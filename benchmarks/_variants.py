@@ -151,3 +151,20 @@ def engine_line(engine_seconds: dict[str, float], step_seconds: float, reference
         f"{name} {value * 1e6:.0f} ({(value - ref) / step_seconds * 100:+.4f}% of a PDL step)"
         for name, value in engine_seconds.items() if name != reference]
     return "engine's share of a step (step_denominator + loss + its backward), median CPU us: " + ", ".join(parts)
+
+
+def print_step_ratios(pairs: dict[str, list], baseline: str, label: str, options: Sequence[str]) -> float:
+    """Print the paired step times (PDL against the host's own loss `baseline`, named `label`, and each option
+    against plain PDL) on both clocks; returns plain PDL's median CPU seconds per step."""
+    from _common import ratio_line
+
+    pdl_steps = [pdl for pairs_ in pairs.values() for pdl, _ in pairs_]
+    cpu_step = statistics.median(pdl[1] for pdl in pdl_steps)
+    print(f"step time (s): {baseline} median {statistics.median(other[0] for _, other in pairs[baseline]):.3f}, "
+          f"PDL median {statistics.median(pdl[0] for pdl in pdl_steps):.3f}; CPU s: PDL median {cpu_step:.3f}")
+    print(ratio_line(f"step time, PDL / {label}", ratios(pairs[baseline], "wall", invert=True)))
+    print(ratio_line(f"step time (CPU), PDL / {label}", ratios(pairs[baseline], "CPU", invert=True)))
+    for option in options:
+        print(ratio_line(f"step time, {option} / PDL", ratios(pairs[option], "wall")))
+        print(ratio_line(f"step time (CPU), {option} / PDL", ratios(pairs[option], "CPU")))
+    return cpu_step

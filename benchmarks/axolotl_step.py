@@ -47,7 +47,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import measure_steps, memory_processes
+from _common import measure_steps, memory_processes, ratio_line
 from _variants import (
     OPTIONS,
     engine_line,
@@ -56,7 +56,7 @@ from _variants import (
     options_table,
     paired_times,
     parse_options,
-    ratios,
+    print_step_ratios,
     timed,
     write_prior,
 )
@@ -145,11 +145,6 @@ def child_memory(variant: str, workdir: Path, threads: int) -> None:
     print(json.dumps({"trainer": type(trainer).__name__, "threads": torch.get_num_threads(), **result}))
 
 
-def summary(name: str, ratios: list[float]) -> str:
-    return (f"{name}: median {statistics.median(ratios):.3f}  min {min(ratios):.3f}  max {max(ratios):.3f}  "
-            f"(n={len(ratios)})")
-
-
 def build_all(names: tuple[str, ...], workdir: Path, threads: int) -> dict:
     """Every variant's trainer, plain PDL first: the `prior` option's table is counted from its prepared data."""
     trainers = {"pdl": build("pdl", workdir, threads)}
@@ -193,21 +188,13 @@ def time_steps(trainers: dict, batches: list[list[dict]], options: list[str]) ->
         step(trainer, batches[0])  # warm-up
     pairs = paired_times(lambda name, round_: step(trainers[name], batches[1 + round_]), "pdl", ["ce", *options],
                          len(batches) - 1)
-    pdl_steps = [pdl for pairs_ in pairs.values() for pdl, _ in pairs_]
-    print(f"step time (s): CE median {statistics.median(ce[0] for _, ce in pairs['ce']):.3f}, PDL median "
-          f"{statistics.median(pdl[0] for pdl in pdl_steps):.3f}; CPU s: PDL median "
-          f"{statistics.median(pdl[1] for pdl in pdl_steps):.3f}")
-    print(summary("step time, PDL / Axolotl CE", ratios(pairs["ce"], "wall", invert=True)))
-    print(summary("step time (CPU), PDL / Axolotl CE", ratios(pairs["ce"], "CPU", invert=True)))
-    for option in options:
-        print(summary(f"step time, {option} / PDL", ratios(pairs[option], "wall")))
-        print(summary(f"step time (CPU), {option} / PDL", ratios(pairs[option], "CPU")))
+    cpu_step = print_step_ratios(pairs, "ce", "Axolotl CE", options)
     if options:
         from pdl_plugin.hf_trainer import shifted_labels
 
         engines = {name: trainers[name].pdl_engine for name in ("pdl", *options)}
         labels = [shifted_labels(batch) for batch in batches[0]]
-        print(engine_line(engine_times(engines, labels), statistics.median(pdl[1] for pdl in pdl_steps)))
+        print(engine_line(engine_times(engines, labels), cpu_step))
     return {option: pairs[option] for option in options}
 
 
@@ -222,7 +209,7 @@ def report_memory(results: dict[str, list[dict]]) -> dict[str, dict[str, list[fl
     figures = {measure: {v: [r[key] for r in runs] for v, runs in results.items()} for measure, key in measures.items()}
     for measure in measures:
         ratios = [p / c for p, c in zip(figures[measure]["pdl"], figures[measure]["ce"])]
-        print(summary(f"{measure}, PDL / Axolotl CE", ratios))
+        print(ratio_line(f"{measure}, PDL / Axolotl CE", ratios))
     return figures
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -32,8 +31,8 @@ from _variants import (
     options_table,
     paired_times,
     parse_options,
+    print_step_ratios,
     prior_path,
-    ratios,
     timed,
     write_prior,
 )
@@ -101,20 +100,11 @@ def time_steps(variants: dict, options: list[str], pairs: int) -> dict:
     for trainer, batch in variants.values():
         step(trainer, batch)  # warm-up
     times = paired_times(lambda name, _round: step(*variants[name]), "pdl", ["nll", *options], pairs)
-    pdl_steps = [pdl for pairs_ in times.values() for pdl, _ in pairs_]
-    print(f"step time (s): nll median {statistics.median(nll[0] for _, nll in times['nll']):.3f}, PDL median "
-          f"{statistics.median(pdl[0] for pdl in pdl_steps):.3f}; CPU s: PDL median "
-          f"{statistics.median(pdl[1] for pdl in pdl_steps):.3f}")
-    print(ratio_line("step time, PDL / TRL nll", ratios(times["nll"], "wall", invert=True)))
-    print(ratio_line("step time (CPU), PDL / TRL nll", ratios(times["nll"], "CPU", invert=True)))
-    for option in options:
-        print(ratio_line(f"step time, {option} / PDL", ratios(times[option], "wall")))
-        print(ratio_line(f"step time (CPU), {option} / PDL", ratios(times[option], "CPU")))
+    cpu_step = print_step_ratios(times, "nll", "TRL nll", options)
     if options:
         from pdl_plugin.hf_trainer import shifted_labels
 
         engines = {name: variants[name][0].pdl_engine for name in ("pdl", *options)}
-        cpu_step = statistics.median(pdl[1] for pdl in pdl_steps)
         print(engine_line(engine_times(engines, [shifted_labels(variants["pdl"][1])]), cpu_step))
     return {option: times[option] for option in options}
 
