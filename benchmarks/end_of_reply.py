@@ -27,33 +27,22 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-def end_of_reply_mask(label_rows) -> np.ndarray:
-    """Over the trained positions of all rows, concatenated row by row as `token_nll` returns them: True at the last
-    trained position of each row (the token that ends the reply).
-
-    A row's trained positions are the j >= 1 with `labels[j] != -100` (the first label is never predicted)."""
-    mask = []
-    for labels in label_rows:
-        trained = sum(1 for label in list(labels)[1:] if label != -100)
-        mask.extend([False] * (trained - 1) + [True] if trained else [])
-    return np.array(mask, dtype=bool)
-
-
 def summarize(targets: np.ndarray, nll: np.ndarray, mask: np.ndarray, counts: np.ndarray) -> dict:
     """CE and probability at the end-of-reply positions, CE elsewhere, and the end token's place in the table."""
-    if mask.shape != targets.shape or not mask.any():
-        raise ValueError("need one end-of-reply position per scored row, over the same positions as the targets")
-    end_ids = np.unique(targets[mask])
+    from pdl_plugin.eval.end_of_reply import end_of_reply_summary
+
+    ends = end_of_reply_summary(targets, nll, mask)
+    end_ids = np.array(ends["end_tokens"])
     trained = counts.sum()
     return {
-        "rows": int(mask.sum()),
+        "rows": ends["rows"],
         "tokens": int(targets.size),
-        "end_tokens": [int(i) for i in end_ids],
-        "end_ce": float(nll[mask].mean()),
-        "end_probability": float(np.exp(-nll[mask]).mean()),
-        "other_ce": float(nll[~mask].mean()),
+        "end_tokens": ends["end_tokens"],
+        "end_ce": ends["ce"],
+        "end_probability": ends["probability"],
+        "other_ce": ends["other_ce"],
         "ce": float(nll.mean()),
-        "end_share_of_ce": float(nll[mask].sum() / nll.sum()),
+        "end_share_of_ce": ends["share_of_ce"],
         "end_count_in_table": int(counts[end_ids].sum()),
         "end_share_of_table": float(counts[end_ids].sum() / trained) if trained else float("nan"),
         "end_rank_in_table": int((counts > counts[end_ids].max()).sum()) + 1,
@@ -68,6 +57,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output", default=None, help="also write the table to this markdown file")
     options = parser.parse_args(argv)
 
+    from pdl_plugin.eval.end_of_reply import end_of_reply_mask
     from pdl_plugin.eval.evaluate import load_for_eval, load_validation_split, token_nll
     from pdl_plugin.eval.generation import preparation_args
     from pdl_plugin.frequency import TABLE_FILENAME, FrequencyTable

@@ -4,7 +4,8 @@ Trains one adapter per alpha (alpha 0 is the cross-entropy baseline, run as `los
 the same training table) and seed, with the same data, steps and seeds, evaluates each like `pdl-eval`, and writes a
 markdown report with metric tables (mean ± sd over seeds), loss curves and the generated tokens' frequency-rank
 distribution against the references'. `--alpha_warmup_steps N` adds one arm whose alpha ramps from 0 over N steps;
-`--exempt_alphas A,B` one arm per alpha trained with `pdl_exempt_special_tokens` (all arms are scored alike).
+`--exempt_alphas A,B` one arm per alpha trained with `pdl_exempt_special_tokens`; `--arm alpha=0.5,exempt=true,
+min_weight=1` one arm of any PDL settings (floor, CE anchor, prior, ...). All arms are scored alike.
 Resumable: finished runs are not redone. With `--results_dir DIR` each finished run's small results (`train.json`,
 `results.json`; not the adapter) go to `DIR/<task>/<arm>/seed-<s>/`, runs whose results are there are skipped (commit
 them to resume a study on another machine), and the report is made from them. Runs go seed by seed (every arm of
@@ -38,7 +39,7 @@ from ..recipe import parse_recipe
 from . import run_cli, stop_with_error
 
 USAGE = ("pdl-compare --config RECIPE.yaml --alphas 0,0.25,0.5,1.0 [--seeds 0,1] [--alpha_warmup_steps N] "
-         "[--exempt_alphas A,B] [--outdir DIR] [--results_dir DIR] [--report FILE.md] [--report_only] [--shard I/N] "
+         "[--exempt_alphas A,B] [--arm KEY=VALUE,... ...] [--outdir DIR] [--results_dir DIR] [--report FILE.md] [--report_only] [--shard I/N] "
          "[--checkpoint_steps N] [--fail_fast] [eval options] [--recipe_key value ...]")
 
 _OVERRIDES_REFUSED = ("--output_dir", "--pdl_alpha", "--seed", "--loss_type", "--pdl_alpha_warmup_steps",
@@ -46,8 +47,9 @@ _OVERRIDES_REFUSED = ("--output_dir", "--pdl_alpha", "--seed", "--loss_type", "-
 
 
 def compare(argv: list[str]) -> Path:
-    from ..eval.compare import (Arm, hold_run, in_share, is_finished, parse_alphas, parse_seeds,
-                                parse_shard, run_dir, run_one, study_plan, write_report)
+    from ..eval.compare import (hold_run, in_share, is_finished, parse_seeds, parse_shard, run_dir, run_one,
+                                study_plan, write_report)
+    from ..study.arms import ARM_KEYS, ARM_OPTIONS, Arm, check_arm_names, parse_alphas, parse_arm
 
     parser = eval_arguments(_Parser(prog="pdl-compare", usage=USAGE))
     parser.add_argument("--config", required=True)
@@ -59,6 +61,10 @@ def compare(argv: list[str]) -> Path:
     parser.add_argument("--exempt_alphas", default=None, metavar="A,B",
                         help="add one arm per alpha (> 0) that trains with pdl_exempt_special_tokens: the special "
                         "tokens (the end-of-turn token) at the mean weight")
+    parser.add_argument("--arm", action="append", default=[], metavar="KEY=VALUE,...",
+                        help="add one arm of any PDL settings, e.g. `--arm alpha=0.5,exempt=true,min_weight=1` "
+                        f"(repeat for more arms; keys: {', '.join(ARM_KEYS)}); with --alphas 0 the study is CE and "
+                        "these arms")
     parser.add_argument("--outdir", default="outputs/pdl-compare")
     parser.add_argument("--results_dir", default=None,
                         help="keep each finished run's train.json and results.json in RESULTS_DIR/TASK/ARM/seed-S "
@@ -78,7 +84,8 @@ def compare(argv: list[str]) -> Path:
     options, overrides = parser.parse_known_args(argv)
     refused = [flag for flag in overrides if flag.split("=")[0] in _OVERRIDES_REFUSED]
     if refused:
-        raise PDLConfigError(f"pdl-compare sets {refused[0]} itself for each run (use --alphas, --seeds, --outdir).")
+        raise PDLConfigError(f"pdl-compare sets {refused[0]} itself for each run (use --alphas, --arm, --seeds, "
+                             "--outdir).")
     alphas, seeds = parse_alphas(options.alphas), parse_seeds(options.seeds)
     shard = parse_shard(options.shard)
     if options.checkpoint_steps < 0:
@@ -97,7 +104,16 @@ def compare(argv: list[str]) -> Path:
             raise PDLConfigError(f"--exempt_alphas takes alphas > 0 (at alpha 0 nothing is reweighted), got "
                                  f"{options.exempt_alphas!r}.")
         arms += [Arm(alpha, exempt=True) for alpha in exempt_alphas]
+    arms = list(dict.fromkeys(arms + [parse_arm(text) for text in options.arm]))
+    check_arm_names(arms)
+    given = {flag.split("=")[0] for flag in overrides}
+    clash = next((f"--{ARM_OPTIONS[key]}" for arm in arms for key, _ in arm.options if f"--{ARM_OPTIONS[key]}" in given),
+                 None)
+    if clash:
+        raise PDLConfigError(f"{clash} is given to every run and set by an --arm too: set it in the arms only.")
     recipe = parse_recipe(["--config", options.config, *overrides])  # fails early on a bad recipe or override
+    for arm in arms:  # each arm's settings, checked where they are declared, before any run
+        _check_arm_settings(options.config, overrides, arm)
     if not options.report_only:
         _check_study_folders(options, recipe)
     task = options.task or Path(options.config).stem.removesuffix("_lora").removesuffix("_qlora")
@@ -158,6 +174,21 @@ def compare(argv: list[str]) -> Path:
         raise PDLError(f"{runs} of this process failed ({reported}; mend the cause and run the same command again: "
                        "finished runs are skipped, the failed ones run again). " + " | ".join(failed))
     return path
+
+
+def _check_arm_settings(config: str, overrides: list[str], arm) -> None:
+    """Refuse, before the first run, an arm whose settings a run would refuse (a floor above the cap, a prior file
+    that is missing), naming the arm."""
+    from ..run_weights import read_prior_file
+
+    try:
+        training = parse_recipe(["--config", config, *overrides, "--pdl_alpha", str(arm.alpha),
+                                 "--pdl_alpha_warmup_steps", str(arm.warmup_steps),
+                                 "--pdl_exempt_special_tokens", str(arm.exempt).lower(), *arm.recipe_options()]).training
+        if training.pdl_prior_path:
+            read_prior_file(training.pdl_prior_path, "pdl-freq")
+    except PDLError as err:
+        raise type(err)(f"--arm {arm.name}: {err}") from None
 
 
 def _check_study_folders(options, recipe) -> None:

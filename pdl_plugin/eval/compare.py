@@ -21,7 +21,6 @@ import math
 import shutil
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +29,7 @@ from filelock import FileLock, Timeout
 from ..errors import PDLConfigError
 from ..files import write_atomically
 from ..figures import pyplot, save_figure
+from ..study.arms import Arm, parse_alphas  # noqa: F401  (parse_alphas: the CLI's)
 from . import metrics
 from .run_results import check_run_results
 
@@ -37,43 +37,6 @@ DONE = "done"
 TRAIN_FILE = "train.json"
 RESULTS_FILE = "results.json"
 BASE_FILE = "base-model.json"  # optional: `pdl-eval` of the untrained base model, shown as one more row
-
-
-@dataclass(frozen=True)
-class Arm:
-    """One arm of a study: alpha, an optional alpha warm-up, and whether the special tokens are exempt from the
-    reweighting (`pdl_exempt_special_tokens`)."""
-
-    alpha: float
-    warmup_steps: int = 0
-    exempt: bool = False
-
-    @classmethod
-    def of(cls, result: dict) -> Arm:
-        """The arm of a run's results (results written before exempt arms existed have no `exempt`)."""
-        return cls(result["alpha"], result["warmup_steps"], bool(result.get("exempt", False)))
-
-    @property
-    def name(self) -> str:
-        return (f"alpha-{self.alpha:g}" + (f"-warmup-{self.warmup_steps}" if self.warmup_steps else "")
-                + ("-exempt" if self.exempt else ""))
-
-    @property
-    def label(self) -> str:
-        if self.alpha == 0:
-            return "alpha 0 (CE baseline)"
-        return (f"alpha {self.alpha:g}" + (f", warm-up {self.warmup_steps} steps" if self.warmup_steps else "")
-                + (", special tokens exempt" if self.exempt else ""))
-
-
-def parse_alphas(text: str) -> list[float]:
-    try:
-        alphas = [float(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise PDLConfigError(f"--alphas must be comma-separated numbers such as 0,0.25,0.5,1.0; got {text!r}.") from None
-    if not alphas or any(not a >= 0 or math.isinf(a) for a in alphas):
-        raise PDLConfigError(f"--alphas must list finite numbers >= 0 (0 is the CE baseline); got {text!r}.")
-    return list(dict.fromkeys(alphas))
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -206,14 +169,16 @@ def run_one(config: str, overrides: list[str], folder: Path, arm: Arm, seed: int
     from ..files import write_json
     from ..recipe import parse_recipe, run_recipe
     from ..frequency import FrequencyTable
+    from ..study.provenance import provenance
     from .evaluate import evaluate_model, load_for_eval, load_validation_split
 
-    # Every arm is evaluated with the same recipe (`eval_argv`: no exemption), so that its validation PDL uses the
-    # same weights in every arm; only an exempt arm trains with `--pdl_exempt_special_tokens true`.
+    # Every arm is evaluated with the same recipe (`eval_argv`: no exemption, floor, CE anchor or prior), so that its
+    # validation PDL uses the same weights in every arm; those settings change only how an arm trains.
     argv = ["--config", config, *overrides, "--output_dir", str(folder), "--loss_type", "pdl",
             "--pdl_alpha", str(arm.alpha), "--pdl_alpha_warmup_steps", str(arm.warmup_steps), "--seed", str(seed),
             "--save_strategy", "no", "--report_to", "none", "--pdl_exempt_special_tokens", str(arm.exempt).lower()]
     eval_argv = [*argv[:-1], "false"]
+    argv += arm.recipe_options()  # floor, CE anchor, prior: training only, like the exemption
     trainer = None
     if not (folder / TRAIN_FILE).is_file():
         last = last_complete_checkpoint(folder) if checkpoint_steps > 0 else None
@@ -237,7 +202,7 @@ def run_one(config: str, overrides: list[str], folder: Path, arm: Arm, seed: int
         write_json(folder / TRAIN_FILE, {
             "argv": argv, "log_history": trainer.state.log_history, "global_step": trainer.state.global_step,
             "epoch": trainer.state.epoch, "examples_seen": trainer.state.global_step * batch, **clock.spent(),
-            **({"resumed_from": resume.name} if resume is not None else {}),
+            **({"resumed_from": resume.name} if resume is not None else {}), "provenance": provenance(),
         })
         for checkpoint in folder.glob("checkpoint-*"):  # the run is whole: its adapter is in `folder`
             shutil.rmtree(checkpoint)
@@ -249,7 +214,8 @@ def run_one(config: str, overrides: list[str], folder: Path, arm: Arm, seed: int
     settings = type(settings)(**{**settings.__dict__, "seed": seed, "reference_alpha": reference_alpha})
     result = evaluate_model(model, tokenizer, recipe, FrequencyTable.load(folder), settings, train_dataset, validation)
     result.update(arm=arm.name, alpha=arm.alpha, warmup_steps=arm.warmup_steps, seed=seed,
-                  **({"exempt": True} if arm.exempt else {}))
+                  **({"exempt": True} if arm.exempt else {}), **({"options": dict(arm.options)} if arm.options else {}),
+                  provenance=provenance())
     write_json(folder / RESULTS_FILE, result)
     (folder / DONE).write_text("ok\n")
     if results_folder is not None:
@@ -310,8 +276,36 @@ def load_runs(task_dir: Path) -> dict[str, list[dict]]:
         result["train"] = train
         _fill_text_metrics(result)
         runs.setdefault(result["arm"], []).append(result)
+    check_same_data(runs)
     return dict(sorted(runs.items(), key=lambda kv: (kv[1][0]["warmup_steps"] > 0, bool(kv[1][0].get("exempt")),
-                                                     kv[1][0]["alpha"])))
+                                                     bool(kv[1][0].get("options")), kv[1][0]["alpha"], kv[0])))
+
+
+_DATA_KEYS = ("total_tokens", "distinct", "masking", "rare_types", "data_fingerprint")
+
+
+def check_same_data(runs: dict[str, list[dict]]) -> None:
+    """Refuse a report whose runs were trained on different data: their paired differences would compare different
+    batches (one more row reshuffles every batch) and not the arms. The training table's size, distinct tokens and
+    masking, and its data fingerprint where recorded, must agree; the summarization set, built from the machine's apt
+    index, changes when Debian updates it."""
+    first = None
+    for results in runs.values():
+        for result in results:
+            data = result.get("table") or {}
+            if first is None:
+                first = result
+                continue
+            known = [key for key in _DATA_KEYS if key in data and key in (first.get("table") or {})]
+            differing = [f"{key} {first['table'][key]} vs {data[key]}" for key in known
+                         if data[key] != first['table'][key]]
+            if differing:
+                raise PDLConfigError(
+                    f"{first['arm']} seed {first['seed']} and {result['arm']} seed {result['seed']} were trained on "
+                    f"different data ({'; '.join(differing)}), so their paired differences would not compare the "
+                    "arms. Keep runs of different data in different results folders (--results_dir), and rerun the "
+                    "baseline on the data the other arms use."
+                )
 
 
 def _fill_text_metrics(result: dict) -> None:
@@ -510,7 +504,17 @@ PAIRED_METRICS = [
     ("distinct-1 (greedy)", _generation("distinct_1"), True),
     ("distinct-2 (greedy)", _generation("distinct_2"), True),
     ("rep-3 (greedy)", _generation("repetition_3"), False),
+    ("rare-token recall (greedy)", _generation("rare_token_recall"), True),
+    ("self-information, bits (greedy)", _generation("self_information_bits"), None),
+    ("replies at the length limit (greedy)", _generation("hit_token_limit"), False),
+    ("end-of-reply probability (validation)", lambda r: _end_of_reply(r, "probability"), True),
+    ("end-of-reply CE (validation)", lambda r: _end_of_reply(r, "ce"), False),
 ]
+
+
+def _end_of_reply(result: dict, key: str) -> float:
+    """The end-of-reply token's validation figure (runs evaluated before 2026-12-07 did not record it)."""
+    return (result["validation"].get("end_of_reply") or {}).get(key, math.nan)
 
 
 def _verdict(stats: dict, higher_better: bool | None) -> str:
@@ -766,6 +770,9 @@ def write_report(task: str, task_dir: Path, report: Path, command: str, base_dir
         "### Paired differences against CE",
         "",
         *paired_report(runs),
+        "### The pre-registered rule",
+        "",
+        *rule_report(runs),
         "### Validation CE by training frequency",
         "",
         *bucket_report(runs),
@@ -789,5 +796,81 @@ def write_report(task: str, task_dir: Path, report: Path, command: str, base_dir
     if validation_png is not None:
         lines += [f"![{task} validation curves]({rel(validation_png)})", ""]
     lines += [f"![{task} frequency ranks]({rel(rank_png)})", ""]
+    lines += provenance_report(runs)
     text = "\n".join(lines) + "\n"
     return write_atomically(report, lambda tmp: Path(tmp).write_text(text), "report")
+
+
+def provenance_report(runs: dict[str, list[dict]]) -> list[str]:
+    """Markdown: which commit, libraries and processor trained and evaluated the runs, one row per combination (empty
+    when no run recorded it: the first study's runs predate the record)."""
+    groups: dict[tuple, list[str]] = {}
+    for name, results in runs.items():
+        for result in results:
+            for stage, record in (("training", result["train"].get("provenance")), ("evaluation", result.get("provenance"))):
+                key = _provenance_key(record)
+                groups.setdefault((stage, *key), []).append(f"{name} seed {result['seed']}")
+    if all(key[1] == "not recorded" for key in groups):
+        return []
+    lines = ["### Provenance", "", "| stage | commit | torch / transformers / trl / peft | CPU | runs |", "|---|---|---|---|---|"]
+    for (stage, commit, versions, cpu), names in sorted(groups.items()):
+        lines.append(f"| {stage} | {commit} | {versions} | {cpu} | {', '.join(names)} |")
+    return [*lines, ""]
+
+
+def _provenance_key(record: dict | None) -> tuple[str, str, str]:
+    if not record:
+        return "not recorded", "-", "-"
+    commit = (record.get("commit") or "no git checkout")[:10] + (" (+ uncommitted changes)"
+                                                                  if record.get("uncommitted_changes") else "")
+    versions = record.get("versions") or {}
+    libraries = " / ".join(str(versions.get(name)) for name in ("torch", "transformers", "trl", "peft"))
+    return commit, libraries, record.get("cpu") or "-"
+
+
+def rule_report(runs: dict[str, list[dict]]) -> list[str]:
+    """Markdown: each arm's verdict by the pre-registered rule (`pdl_plugin.study.rule`) on all its paired seeds and,
+    when the arm has seeds beyond seed 0 (the seed that chose the arms of stage 2), on those alone; with one seed,
+    stage 1's screening order."""
+    from ..study import rule
+
+    baseline_name = _baseline_name(runs)
+    if baseline_name is None:
+        return []
+    code = any("parse_rate" in r["generation"].get("greedy", {}) for rs in runs.values() for r in rs)
+    keys = (*rule.output_metrics(code), rule.LIMIT, *rule.SPECIFICITY)
+    rows, screen = [], []
+    for name, results in runs.items():
+        if name == baseline_name:
+            continue
+        stats_of = lambda seeds: {key: paired_differences(  # noqa: E731
+            {r["seed"]: _generation(key)(r) for r in runs[baseline_name] if r["seed"] in seeds},
+            {r["seed"]: _generation(key)(r) for r in results if r["seed"] in seeds}) for key in keys}
+        seeds = {r["seed"] for r in results}
+        stats = stats_of(seeds)
+        later = stats_of(seeds - {0}) if len(seeds - {0}) >= 2 else None
+        cells = [f"{stats[key]['mean']:+.3f}" if stats[key]["n"] else "-" for key in keys]
+        rows.append(f"| {_arm_label(results[0])} | {len(stats[keys[0]]['seeds'])} | " + " | ".join(cells)
+                    + f" | {rule.verdict(stats, code)} | {rule.verdict(later, code) if later else '-'} |")
+        if all(stats[key]["n"] for key in keys[:-2]) and 0 in seeds:
+            first = stats_of({0})
+            screen.append((rule.screen_key({key: first[key]["mean"] for key in keys if first[key]["n"]}, code),
+                           _arm_label(results[0])))
+    titles = [_RULE_TITLES[key] for key in keys]
+    lines = ["The rule registered before the second study (docs/results.md; `pdl_plugin/study/rule.py`), on the paired "
+             "differences arm − CE (greedy replies): **helps** when the replies end no worse (share at the length "
+             f"limit at most {rule.LIMIT_TOLERANCE:.2f} above CE's) and an output metric is better with an interval "
+             "that excludes 0, or the rare-token recall or self-information is higher with an interval that excludes 0 "
+             f"while every output metric is at most {rule.OUTPUT_TOLERANCE} below CE's; **harms** when an output metric "
+             "is lower, or the share at the limit higher, with an interval that excludes 0.", "",
+             "| arm | paired seeds | " + " | ".join(f"{t} − CE" for t in titles) + " | verdict | verdict, seeds other "
+             "than 0 |", "|" + "---|" * (len(keys) + 4), *rows, ""]
+    if screen:
+        order = [label for _, label in sorted(screen, key=lambda item: item[0], reverse=True)]
+        lines += ["Stage 1 order on seed 0 (arms whose outputs hold and whose replies end first, then by the summed "
+                  "output difference, then by rare-token recall): " + "; ".join(order) + ".", ""]
+    return lines
+
+
+_RULE_TITLES = {"parse_rate": "parse rate", "rouge_l": "ROUGE-L", "hit_token_limit": "at length limit",
+                "rare_token_recall": "rare-token recall", "self_information_bits": "self-info (bits)"}

@@ -142,7 +142,7 @@ def evaluate_model(model, tokenizer, recipe, table: FrequencyTable, settings: Ev
         "prompts": len(examples),
         "prompts_cut_by_training": sum(bool(e.prompt_cut) for e in examples),
         "table": {"total_tokens": table.total, "distinct": int((table.counts > 0).sum()), "masking": table.masking,
-                  "rare_types": len(rare)},
+                  "rare_types": len(rare), "data_fingerprint": table.data_fingerprint},
         "references": _text_metrics([e.reference for e in examples], reference_ids, counts, epsilon, settings),
         "generation": {},
     }
@@ -308,6 +308,7 @@ def validation_losses(model, tokenizer, recipe, table: FrequencyTable, reference
         raise PDLConfigError("The validation rows hold no trained token (after masking and truncation), so there is "
                              "no validation loss: check `dataset_test_split` and the masking settings.")
     from ..run_weights import exempt_ids, load_prior_for
+    from .end_of_reply import end_of_reply_mask, end_of_reply_summary
 
     settings = training.pdl_settings
     exempt = exempt_ids(settings, table, special_token_ids(tokenizer, len(table.counts)))
@@ -317,7 +318,9 @@ def validation_losses(model, tokenizer, recipe, table: FrequencyTable, reference
                            prior=None if prior is None else prior.frequencies, prior_mix=settings.pdl_prior_mix or 0.0)
     prior_used = None if prior is None else {"path": settings.pdl_prior_path, "kind": prior.kind,
                                              "mix": settings.pdl_prior_mix}
-    return summary | {"rows": len(validation_dataset), "rows_scored": len(prepared), "pdl_prior": prior_used}
+    ends = end_of_reply_summary(targets, nll, end_of_reply_mask(row["labels"] for row in prepared))
+    return summary | {"rows": len(validation_dataset), "rows_scored": len(prepared), "pdl_prior": prior_used,
+                      "end_of_reply": ends}
 
 
 @torch.no_grad()

@@ -13,16 +13,6 @@ end_of_reply = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(end_of_reply)
 
 
-def test_mask_marks_the_last_trained_position_of_each_row():
-    rows = [
-        [-100, -100, 5, 6, 2],  # 3 trained positions (labels[1:]): the last is the end token
-        [7, 2],  # the first label is never predicted: 1 trained position
-        [-100, -100],  # nothing trained: contributes no position
-        [-100, 4, -100, 9, 2, -100],  # masked gap and trailing padding label
-    ]
-    assert end_of_reply.end_of_reply_mask(rows).tolist() == [False, False, True, True, False, False, True]
-
-
 def test_summary_by_hand():
     targets = np.array([5, 6, 2, 2, 9, 2])
     nll = np.array([1.0, 2.0, 3.0, 0.5, 4.0, 1.5])

@@ -5,6 +5,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -36,8 +37,9 @@ def _recipe(tmp_path) -> str:
     return str(recipe)
 
 
-def _direct_validation_ce(adapter, tokenizer) -> float:
-    """Mean NLL of completion + eos given the prompt, from the full logits: independent of TRL's preparation."""
+def _direct_validation_ce(adapter, tokenizer, end_only: bool = False) -> float:
+    """Mean NLL of completion + eos given the prompt, from the full logits: independent of TRL's preparation (with
+    `end_only`, of the eos that ends each reply)."""
     from peft import PeftModel
 
     from pdl_plugin.data.embedded_model import resolve_embedded_model
@@ -53,6 +55,7 @@ def _direct_validation_ce(adapter, tokenizer) -> float:
         log_probs = torch.log_softmax(logits[:-1], -1)
         targets = torch.tensor(full[1:])
         picked = -log_probs[torch.arange(len(targets)), targets][len(prompt_ids) - 1 :]
+        picked = picked[-1:] if end_only else picked
         nll, tokens = nll + picked.sum().item(), tokens + len(picked)
     return nll / tokens
 
@@ -81,6 +84,9 @@ def test_pdl_eval_scores_an_adapter_and_writes_json(tmp_path, tokenizer, capsys)
                          "2", "--no_sampled", "--reference_alpha", "0"])
     assert zero["validation"]["pdl"] == pytest.approx(zero["validation"]["ce"], rel=1e-5)
     assert zero["validation"]["ce"] == pytest.approx(_direct_validation_ce(adapter, tokenizer), rel=1e-4)
+    ends = zero["validation"]["end_of_reply"]
+    assert ends["rows"] == 3 and ends["end_tokens"] == [tokenizer.eos_token_id]
+    assert ends["ce"] == pytest.approx(_direct_validation_ce(adapter, tokenizer, end_only=True), rel=1e-4)
     assert (adapter / "eval.json").is_file() and set(zero["generation"]) == {"greedy"}
 
 
@@ -341,6 +347,35 @@ def test_pdl_compare_exempt_arm_trains_with_special_tokens_exempt_and_is_scored_
     assert "alpha 1, special tokens exempt" in report.read_text()
 
 
+def test_pdl_compare_arm_of_any_settings_trains_with_them_and_records_where_it_ran(tmp_path):
+    """--arm alpha=1,exempt=true,ce_mix=0.5 trains with the exemption and the CE anchor (the saved config says so, and
+    each logged step's loss is 0.5 * CE + 0.5 * PDL of the same tokens); its results name the options, the commit of
+    this checkout and the libraries' versions; the report gives the arm its own row."""
+    from importlib import metadata
+
+    out = tmp_path / "out"
+    report = compare(["--config", _recipe(tmp_path), "--alphas", "0", "--arm", "alpha=1,exempt=true,ce_mix=0.5",
+                      "--seeds", "3", "--max_prompts", "1", "--max_new_tokens", "2", "--max_steps", "2", "--task",
+                      "toy", "--no_sampled", "--outdir", str(out)])
+    run = out / "toy/alpha-1-exempt-ce_mix-0.5/seed-3"
+    trained = json.loads((run / "pdl_config.json").read_text())
+    assert trained["pdl_ce_mix"] == 0.5 and trained["pdl_exempt_special_tokens"] is True
+    train = json.loads((run / "train.json").read_text())
+    steps = [entry for entry in train["log_history"] if "pdl_loss" in entry]
+    assert len(steps) == 2
+    for entry in steps:
+        assert entry["loss"] == pytest.approx(0.5 * entry["ce_loss"] + 0.5 * entry["pdl_loss"], rel=1e-4)
+    result = json.loads((run / "results.json").read_text())
+    assert result["options"] == {"ce_mix": "0.5"} and result["exempt"] is True
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                          cwd=Path(__file__).parent).stdout.strip()
+    for record in (train["provenance"], result["provenance"]):
+        assert record["commit"] == head and record["versions"]["torch"] == metadata.version("torch")
+        assert record["versions"]["trl"] == metadata.version("trl") and record["cpu"]
+    text = report.read_text()
+    assert "alpha 1, special tokens exempt, ce_mix 0.5" in text and "### Provenance" in text and head[:10] in text
+
+
 def test_pdl_compare_resumes_a_run_cut_off_mid_training_from_its_checkpoint(tmp_path, monkeypatch):
     """With --checkpoint_steps, a run killed after its step-2 checkpoint resumes from it: the same losses at every step
     and the same validation CE as the same run never cut off (same batches, restored random states)."""
@@ -403,6 +438,15 @@ def test_pdl_compare_resumes_a_run_cut_off_mid_training_from_its_checkpoint(tmp_
         (["--pdl_exempt_special_tokens", "true"], "sets --pdl_exempt_special_tokens itself"),
         (["--shard", "half"], "--shard must be I/N"),
         (["--checkpoint_steps", "-1"], "--checkpoint_steps must be >= 0"),
+        (["--arm", "alpha=0.5,floor=1"], "unknown key 'floor'"),
+        (["--arm", "min_weight=1"], "has no alpha"),
+        (["--arm", "alpha=0.5,min_weight"], "KEY=VALUE pairs"),
+        (["--arm", "alpha=0.5,exempt=yes"], "exempt must be true or false"),
+        (["--arm", "alpha=0.5,min_weight=-1"], "--arm alpha-0.5-min_weight--1: pdl_min_weight"),
+        (["--arm", "alpha=0.5,prior_path=no/such/prior.safetensors,prior_mix=0.5"], "does not exist"),
+        (["--arm", "alpha=0.5,ce_mix=0.5", "--pdl_ce_mix", "0.2"], "set it in the arms only"),
+        (["--arm", "alpha=0.5,prior_path=a/p.safetensors", "--arm", "alpha=0.5,prior_path=b/p.safetensors"],
+         "would share the folder"),
     ],
 )
 def test_pdl_compare_refuses_bad_input_with_one_line(tmp_path, capsys, extra, message):

@@ -162,3 +162,18 @@ def test_incomplete_run_folders_are_named(tmp_path):
         load_runs(tmp_path)
     with pytest.raises(PDLConfigError, match="No finished run"):
         write_report("toy", tmp_path / "nothing", tmp_path / "r.md", "")
+
+
+def test_runs_trained_on_different_data_are_not_paired(tmp_path):
+    """One more training row reshuffles every batch: a report refuses to pair runs whose training tables differ, and
+    pairs them when the tables agree."""
+    from pdl_plugin.eval.compare import check_same_data
+
+    table = {"total_tokens": 334870, "distinct": 14478, "masking": "completion_only", "rare_types": 4101}
+    ce, arm = _result(0.0, 0, 2.0, [1] * 5, 0.3), _result(0.5, 0, 2.1, [1] * 5, 0.3)
+    ce["table"], arm["table"] = dict(table), dict(table, data_fingerprint="abc")
+    check_same_data({"alpha-0": [ce], "alpha-0.5": [arm]})  # the fingerprint is compared only where both have it
+    arm["table"]["total_tokens"] = 335211
+    with pytest.raises(PDLConfigError, match="alpha-0 seed 0 and alpha-0.5 seed 0 were trained on different data "
+                                             r"\(total_tokens 334870 vs 335211\)"):
+        check_same_data({"alpha-0": [ce], "alpha-0.5": [arm]})

@@ -1,0 +1,1 @@
+"""A study: several PDL settings (arms) trained on the same data and seeds, evaluated alike, compared in pairs."""
