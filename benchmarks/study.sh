@@ -34,23 +34,19 @@ for arg in "$@"; do
 done
 [[ ${#tasks[@]} -gt 0 ]] || { echo "$usage" >&2; exit 2; }
 
+source benchmarks/_study_sizes.sh
+
 study_command() {  # the pdl-compare command of one task, in the array `pdl_compare`
-    local task=$1 size
+    local task=$1 steps scoring warmup
     local common=(--outdir outputs/study --results_dir docs/results/study --report "docs/results/study/$task.md"
                   --alphas 0,0.25,0.5,1.0 --warmup_alpha 1.0 --seeds 0,1,2 --eval_strategy steps --logging_steps 4)
-    case "$task" in
-        dialogue)  # 81 validation rows, all evaluated; recipe alpha 0.5
-            size=(--max_steps 308 --warmup_steps 10 --eval_steps 28 --checkpoint_steps 28 --alpha_warmup_steps 154
-                  --max_prompts 81 --max_new_tokens 64 --reference_alpha 0.5) ;;
-        code)  # 327 validation rows: the first 64 during training and at the end; recipe alpha 0.25
-            size=(--max_steps 150 --warmup_steps 5 --eval_steps 25 --checkpoint_steps 25 --alpha_warmup_steps 75
-                  --max_eval_samples 64 --max_prompts 64 --max_new_tokens 128 --reference_alpha 0.25) ;;
-        summarization)  # 3,442 validation rows: the first 64; recipe alpha 0.75
-            size=(--max_steps 150 --warmup_steps 5 --eval_steps 25 --checkpoint_steps 25 --alpha_warmup_steps 75
-                  --max_eval_samples 64 --max_prompts 64 --max_new_tokens 48 --reference_alpha 0.75) ;;
+    study_size "$task"
+    case "$task" in  # alpha 1's warm-up over the first half of the steps
+        dialogue) warmup=(--alpha_warmup_steps 154) ;;
+        *) warmup=(--alpha_warmup_steps 75) ;;
     esac
-    pdl_compare=(.venv/bin/pdl-compare --config "recipes/offline/${task}_lora.yaml" "${common[@]}" "${size[@]}"
-                 ${exempt[@]+"${exempt[@]}"})
+    pdl_compare=(.venv/bin/pdl-compare --config "recipes/offline/${task}_lora.yaml" "${common[@]}" "${steps[@]}"
+                 "${warmup[@]}" "${scoring[@]}" ${exempt[@]+"${exempt[@]}"})
 }
 
 draw_reports() {

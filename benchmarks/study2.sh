@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# The second study (issue 25, plan registered in docs/results.md): which PDL setting, if any, beats cross-entropy.
+# Same models, data, steps and evaluation as the first study (benchmarks/_study_sizes.sh); every arm trains with the
+# end-of-turn exemption; results in docs/results/study2/TASK/ARM/seed-S/ (commit them: they are skipped afterwards).
+#
+#   bash benchmarks/study2.sh priors TASK [TASK ...]     # the base model's prior of each task (docs/results/study2/priors)
+#   bash benchmarks/study2.sh stage1 TASK [TASK ...]     # seed 0: CE (re-run or reused, below) and the stage-1 arms
+#   bash benchmarks/study2.sh reproduce TASK             # CE seed 0 again, into docs/results/study2/reproduction
+#   bash benchmarks/study2.sh report TASK [TASK ...]     # redraw docs/results/study2/TASK.md from committed results
+#   options: --workers N (default 2; one thread each)
+#
+# Run it from a clone pinned at one commit (git clone -q REPO study2 && cd study2 && git checkout COMMIT && bash
+# scripts/setup.sh), never from a working tree being edited: bash reads a script while it runs.
+# The CE arm: dialogue and code reuse the first study's committed CE runs (their data come from wheels and do not
+# change; `reproduce` checks that a re-run gives the same numbers). Summarization's data are built from the machine's
+# apt index, which Debian updates, so its CE arm is re-run beside the arms on the same data (pdl-compare refuses to
+# pair runs whose training tables differ).
+# An arm whose prior table is not there yet is left out with a message; run `priors` first (or again later: the
+# plan's other runs are skipped once finished, so a later call adds the missing arm).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source benchmarks/_study_sizes.sh
+
+usage="usage: bash benchmarks/study2.sh priors|stage1|reproduce|report TASK [TASK ...] [--workers N]"
+mode=${1:-} tasks=() workers=2
+shift || true
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        dialogue|code|summarization) tasks+=("$1") ;;
+        --workers) workers=$2; shift ;;
+        *) echo "unknown argument '$1'; $usage" >&2; exit 2 ;;
+    esac
+    shift
+done
+[[ ${#tasks[@]} -gt 0 ]] || { echo "$usage" >&2; exit 2; }
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+results=docs/results/study2
+
+prior_of() { echo "$results/priors/$1/model_prior.safetensors"; }
+
+make_prior() {  # the base model's expected count of each token at the trained positions (docs/priors.md); on
+    local task=$1 shard=()  # summarization 1 of 26 contiguous shards (1,197 prepared rows, ~12 min on one thread;
+    [[ $task == summarization ]] && shard=(--shard 1/26)  # the whole set would take ~6 hours on this CPU)
+    mkdir -p "$(dirname "$(prior_of "$task")")"
+    [[ -f $(prior_of "$task") ]] && { echo "$(prior_of "$task"): there"; return; }
+    OMP_NUM_THREADS=$workers .venv/bin/pdl-freq --config "recipes/offline/${task}_lora.yaml" --model-prior \
+        ${shard[@]+"${shard[@]}"} --output "$(prior_of "$task")"
+}
+
+stage1_arms() {  # the arms of stage 1 registered in docs/results.md, in the array `arms`
+    local task=$1
+    arms=(--arm alpha=0.25,exempt=true --arm alpha=0.5,exempt=true,min_weight=1
+          --arm alpha=0.5,exempt=true,ce_mix=0.5)
+    if [[ -f $(prior_of "$task") ]]; then
+        arms+=(--arm "alpha=0.5,exempt=true,prior_path=$(prior_of "$task"),prior_mix=0.5")
+    else
+        echo "$task: no prior table yet ($(prior_of "$task")), the prior arm is left out: run 'priors $task'" >&2
+    fi
+}
+
+reuse_ce() {  # dialogue and code: the first study's CE runs are the baseline (seed 0 checked by `reproduce`)
+    local task=$1 seed
+    [[ $task == summarization ]] && return
+    for seed in 0 1 2; do
+        local from=docs/results/study/$task/alpha-0/seed-$seed to=$results/$task/alpha-0/seed-$seed
+        [[ -d $to ]] || { mkdir -p "$to"; cp "$from"/train.json "$from"/results.json "$to"/; }
+    done
+}
+
+study_command() {  # the pdl-compare command of one task and mode, in the array `pdl_compare`
+    local task=$1 steps scoring arms=() out=$results seeds=0
+    study_size "$task"
+    [[ $mode == stage1 || $mode == report ]] && stage1_arms "$task"
+    [[ $mode == reproduce ]] && out=$results/reproduction
+    pdl_compare=(.venv/bin/pdl-compare --config "recipes/offline/${task}_lora.yaml" --outdir "outputs/study2/$mode"
+                 --results_dir "$out" --report "$out/$task.md" --alphas 0 --seeds "$seeds" --eval_strategy steps
+                 --logging_steps 4 "${steps[@]}" "${scoring[@]}" ${arms[@]+"${arms[@]}"})
+}
+
+run_worker() {  # worker I: every task in turn, each run that no other worker holds
+    local worker=$1 task status=0
+    for task in "${tasks[@]}"; do
+        study_command "$task"
+        OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 "${pdl_compare[@]}" > "outputs/study2/$task-$mode-worker-$worker.log" 2>&1 \
+            || status=$?
+    done
+    return "$status"
+}
+
+case "$mode" in
+    priors) for task in "${tasks[@]}"; do make_prior "$task"; done; exit ;;
+    report)
+        status=0
+        for task in "${tasks[@]}"; do study_command "$task"; "${pdl_compare[@]}" --report_only || status=$?; done
+        exit "$status" ;;
+    stage1) for task in "${tasks[@]}"; do reuse_ce "$task"; done ;;
+    reproduce) ;;
+    *) echo "$usage" >&2; exit 2 ;;
+esac
+mkdir -p outputs/study2
+pids=()
+for ((worker = 1; worker <= workers; worker++)); do
+    run_worker "$worker" & pids+=($!)
+    sleep 5
+done
+echo "$workers worker(s) running (${tasks[*]}, $mode); logs: outputs/study2/TASK-$mode-worker-N.log"
+status=0
+for pid in "${pids[@]}"; do wait "$pid" || status=$?; done
+exit "$status"
