@@ -52,7 +52,10 @@ def test_greedy_is_independent_of_batching_and_sampling_is_seeded(tokenizer, tin
 
 def test_generated_text_is_the_decoded_kept_tokens(tokenizer, tiny_model):
     examples = validation_examples(Dataset.from_dict(PROMPT_COMPLETION), tokenizer)
-    for generation in generate(tiny_model, tokenizer, examples, max_new_tokens=5):
+    generations = generate(tiny_model, tokenizer, examples, max_new_tokens=5)
+    assert len(generations) == len(examples) == len(PROMPT_COMPLETION["prompt"])  # one per prompt, none lost
+    assert any(generation.token_ids for generation in generations)  # something was decoded and checked
+    for generation in generations:
         assert generation.text == tokenizer.decode(generation.token_ids, skip_special_tokens=True)
         assert not set(generation.token_ids) & set(stop_token_ids(tokenizer))
 
@@ -96,7 +99,8 @@ def test_conversation_prompts_are_the_context_of_the_last_assistant_turn(tokeniz
     args = default_training_args()
     args.assistant_only_loss = assistant_only
     examples = validation_examples(Dataset.from_dict({"messages": CONVERSATIONS}), tokenizer, args=args)
-    for example, messages in zip(examples, CONVERSATIONS):
+    assert len(examples) == len(CONVERSATIONS)  # zip below would silently skip what is missing
+    for example, messages in zip(examples, CONVERSATIONS, strict=True):
         # ChatML: every turn before the last reply, then "<|im_start|>assistant\n"
         text = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages[:-1])
         if messages[0]["role"] != "system":
