@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from .errors import FrequencyTableError
 from .files import write_atomically
+from .loss import IGNORE_INDEX  # noqa: F401  (re-exported: the label of an untrained position)
 from .weights import token_weights_from_counts
 
 TABLE_FORMAT = "pdl-frequency-table/1"
@@ -30,7 +31,6 @@ TABLE_FILENAME = "pdl_frequency_table.safetensors"
 #                   fractional counts (float64), the whole vocabulary: a prior
 TABLE_KINDS = ("trained_tokens", "all_tokens", "model_prior")
 FRACTIONAL_KINDS = ("model_prior",)
-IGNORE_INDEX = -100
 _REQUIRED_METADATA = ("format", "tokenizer_fingerprint", "total_tokens", "masking", "data_fingerprint")
 _INT64_MAX = int(np.iinfo(np.int64).max)
 # Fewer distinct trained ids than this is almost surely a data problem (empty replies train `<|im_end|>` alone)
@@ -529,12 +529,7 @@ def data_fingerprint(dataset) -> str:
     through different code paths (other columns, other `map` calls, hence other `datasets` fingerprints), record the
     same value for the same data.
     """
-    import hashlib
-
-    import numpy as np
-    from datasets import Dataset
-
-    if not isinstance(dataset, Dataset) or "labels" not in (dataset.column_names or []):
+    if not hasattr(dataset, "select_columns") or "labels" not in (getattr(dataset, "column_names", None) or []):
         return getattr(dataset, "_fingerprint", None) or "unavailable"
     digest = hashlib.sha256()
     for batch in dataset.select_columns(["labels"]).with_format("arrow").iter(batch_size=65536):

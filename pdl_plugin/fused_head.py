@@ -16,7 +16,7 @@ import torch
 from torch.distributed.tensor import DTensor, Partial
 from transformers.utils import ModelOutput
 
-from .frequency import IGNORE_INDEX
+from .loss import IGNORE_INDEX
 from .ops import linear_cross_entropy
 
 _LOGIT_SCALING_FIELDS = ("final_logit_softcapping", "logit_scale", "output_multiplier", "lm_head_multiplier",

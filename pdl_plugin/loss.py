@@ -6,7 +6,7 @@ from typing import NamedTuple
 
 import torch
 
-from .frequency import IGNORE_INDEX
+IGNORE_INDEX = -100  # the label of a position that is not trained (the Hugging Face convention)
 
 
 def target_weights(labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

@@ -115,14 +115,15 @@ def read_recipe_file(path: str | Path) -> dict:
         raise PDLConfigError(f"Recipe {path} is not valid YAML: {err}") from None
     if not isinstance(config, dict):
         raise PDLConfigError(f"Recipe {path} must be a YAML mapping of `key: value` lines.")
-    check_keys(config, source=f"in recipe {path}")
+    check_recipe_keys(config, source=f"in recipe {path}")
     return config
 
 
 _LOCAL_DATA_KEYS = ("data_files", "data_dir")
 
 
-def check_keys(config: dict, source: str) -> None:
+def check_recipe_keys(config: dict, source: str) -> None:
+    """Refuse a recipe key that no part of the recipe reads (a typo would otherwise keep the default)."""
     keys = known_keys() | {"env"}
     for key in config:
         if key not in keys:

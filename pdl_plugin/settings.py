@@ -262,7 +262,7 @@ def _check_bool(name: str, value) -> None:
         raise PDLConfigError(f"{name} must be true or false, got {value!r}.")
 
 
-def check_keys(keys: Iterable[str], source: str) -> None:
+def check_pdl_keys(keys: Iterable[str], source: str) -> None:
     """Refuse a `pdl_*` key that is not a setting (a typo would otherwise silently keep the default)."""
     for key in keys:
         if isinstance(key, str) and key.startswith("pdl_") and key not in SETTING_NAMES:

@@ -12,12 +12,12 @@ from . import require_trl_host
 require_trl_host("pdl-eval")  # before the imports below, which load TRL
 
 import argparse
-import math
 from pathlib import Path
 
 from rich.console import Console
 
 from ..errors import PDLConfigError
+from ..eval.settings import TASK_TYPES, EvalSettings
 from ..files import check_can_create_file, write_json
 from ..frequency import TABLE_FILENAME, FrequencyTable
 from ..recipe import parse_recipe
@@ -36,34 +36,26 @@ class _Parser(argparse.ArgumentParser):
 
 
 def eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """The generation/evaluation options shared by pdl-eval and pdl-compare."""
-    parser.add_argument("--max_prompts", type=int, default=48, help="validation prompts to generate on (first N)")
-    parser.add_argument("--max_new_tokens", type=int, default=64)
-    parser.add_argument("--eval_batch_size", type=int, default=16)
+    """The generation/evaluation options shared by pdl-eval and pdl-compare (defaults: `EvalSettings`')."""
+    defaults = EvalSettings()
+    parser.add_argument("--max_prompts", type=int, default=defaults.max_prompts,
+                        help="validation prompts to generate on (first N)")
+    parser.add_argument("--max_new_tokens", type=int, default=defaults.max_new_tokens)
+    parser.add_argument("--eval_batch_size", type=int, default=defaults.batch_size)
     parser.add_argument("--eval_seed", type=int, default=None, help="sampling seed (default: the recipe's seed)")
-    parser.add_argument("--temperature", type=float, default=0.7)
-    parser.add_argument("--top_p", type=float, default=0.95)
+    parser.add_argument("--temperature", type=float, default=defaults.temperature)
+    parser.add_argument("--top_p", type=float, default=defaults.top_p)
     parser.add_argument("--no_sampled", action="store_true", help="greedy only")
     parser.add_argument("--reference_alpha", type=float, default=None,
                         help="alpha of the reported validation PDL (default: the recipe's pdl_alpha)")
-    parser.add_argument("--task_type", default="auto", choices=["auto", "code", "text"],
+    parser.add_argument("--task_type", default=defaults.task_type, choices=TASK_TYPES,
                         help="code: stop sequences at the next top-level statement, parse rate (default auto: code "
                         "when the validation rows have a `test`/`entry_point` column or the data is embedded:code)")
     return parser
 
 
-def settings_from(options, recipe):
-    from ..eval.evaluate import EvalSettings
-
-    for name in ("max_prompts", "max_new_tokens", "eval_batch_size"):
-        if getattr(options, name) < 1:
-            raise PDLConfigError(f"--{name} must be >= 1, got {getattr(options, name)}.")
-    if options.temperature <= 0 or not 0 < options.top_p <= 1:
-        raise PDLConfigError("--temperature must be > 0 and --top_p in (0, 1].")
-    alpha = options.reference_alpha
-    if alpha is not None and not (math.isfinite(alpha) and alpha >= 0):
-        raise PDLConfigError(f"--reference_alpha must be a finite number >= 0 (the alpha of the reported validation "
-                             f"PDL; leave it out for the recipe's), got {alpha}.")
+def settings_from(options, recipe) -> EvalSettings:
+    """The evaluation settings of the parsed options (checked where they are declared)."""
     return EvalSettings(
         max_prompts=options.max_prompts, max_new_tokens=options.max_new_tokens, batch_size=options.eval_batch_size,
         seed=options.eval_seed if options.eval_seed is not None else recipe.training.seed,

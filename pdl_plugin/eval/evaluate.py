@@ -17,7 +17,6 @@ import json
 import math
 import re
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,30 +27,13 @@ from ..frequency import FrequencyTable, special_token_ids, tokenizer_fingerprint
 from . import metrics
 from .execution import pass_at_1
 from .generation import CODE_STOP_SEQUENCES, Example, Generation, generate, preparation_args, validation_examples
+from .settings import TASK_TYPES, EvalSettings  # noqa: F401  (EvalSettings: re-exported)
 
 EVAL_FORMAT = "pdl-eval/2"
-TASK_TYPES = ("auto", "code", "text")
 FREQUENCY_BUCKETS = metrics.FREQUENCY_BUCKETS
 # Validation PDL is reported with this policy for tokens the training table never counted (see `loss_summary`)
 UNSEEN_POLICY = "rarest"
 KNOWN_CODE_DATASETS = ("embedded:code",)
-
-
-@dataclass
-class EvalSettings:
-    max_prompts: int = 48
-    max_new_tokens: int = 64
-    batch_size: int = 16
-    seed: int = 0
-    temperature: float = 0.7
-    top_p: float = 0.95
-    sampled: bool = True  # also one seeded sampled run beside greedy
-    reference_alpha: float | None = None  # alpha of the reported validation PDL; default: the recipe's pdl_alpha
-    rare_fraction: float = 0.2
-    repetition_n: int = 3
-    test_timeout: float = 10.0
-    max_prompt_tokens: int | None = None
-    task_type: str = "auto"  # 'code' (stop sequences, parse rate), 'text', or 'auto' (see `resolve_task_type`)
 
 
 def load_validation_split(recipe):
@@ -375,14 +357,6 @@ def token_nll(model, prepared, batch_size: int = 8) -> tuple[np.ndarray, np.ndar
     if not rows:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64)
     return np.concatenate(targets).astype(np.int64), np.concatenate(nlls).astype(np.float64)
-
-
-def frequency_bucket(count: int) -> str:
-    """The name of the training-frequency bucket of a token counted `count` times in the training table."""
-    for name, low, high in FREQUENCY_BUCKETS:
-        if count >= low and (high is None or count <= high):
-            return name
-    raise ValueError(f"A count must be >= 0, got {count}.")
 
 
 def loss_summary(targets, nll, counts, alpha: float, epsilon: float, max_weight: float | None = None,

@@ -17,7 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, create_model, model_validator
 
 from ..errors import PDLConfigError
-from ..settings import SETTING_NAMES, PDLSettings, check_keys, check_loss_type
+from ..settings import SETTING_NAMES, PDLSettings, check_loss_type, check_pdl_keys
 
 LOSS_TYPES = ("nll", "pdl")
 
@@ -63,7 +63,7 @@ PDLArgs.__doc__ = "`loss_type: pdl` and the `pdl_*` settings of `PDLSettings`, a
 
 def validate_pdl_settings(data: dict) -> dict:
     """Check the PDL keys of a raw Axolotl config (a dict); return it with the values coerced. Raises PDLConfigError."""
-    check_keys(data, "the Axolotl config")
+    check_pdl_keys(data, "the Axolotl config")
     loss_type = data.get("loss_type")
     if loss_type is not None and loss_type not in LOSS_TYPES:
         raise PDLConfigError(
