@@ -27,9 +27,9 @@ import torch
 
 from .errors import FrequencyTableError, PDLConfigError, PDLError
 from .files import write_json
-from .frequency import (IGNORE_INDEX, TABLE_FILENAME, FrequencyTable, count_trained_tokens, data_fingerprint,  # noqa: F401
-                        few_trained_ids_warning)
-from .loss import pdl_sums, target_weights
+from .counting import count_trained_tokens, data_fingerprint, few_trained_ids_warning  # noqa: F401 (re-exported)
+from .frequency import TABLE_FILENAME, FrequencyTable
+from .loss import IGNORE_INDEX, pdl_sums, target_weights
 from .run_weights import (PRIOR_FILENAME, check_bounds_leave_a_reweighting, check_weights, end_of_turn_id,
                           end_of_turn_warning, exempt_ids, load_prior, weights_for_settings)
 from .settings import ABSENT_BEFORE, RESUME_KEYS, PDLSettings, check_alpha_warmup  # noqa: F401 (re-exported)

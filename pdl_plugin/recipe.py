@@ -485,8 +485,8 @@ class CountResult:
 def count_recipe(recipe, tokenizer, shard: tuple[int, int] | None = None) -> CountResult:
     """The table of the recipe's training split (or one contiguous shard of it), prepared as the trainer prepares it,
     with what preparation dropped or cut and warnings about the counted tokens."""
-    from .engine import data_fingerprint
-    from .frequency import FrequencyTable, count_trained_tokens, few_trained_ids_warning, tokenizer_fingerprint
+    from .counting import count_trained_tokens, data_fingerprint, few_trained_ids_warning
+    from .frequency import FrequencyTable, tokenizer_fingerprint
     from .preparation import prepare_with_report
 
     vocab_rows = model_vocab_rows(recipe)

@@ -12,7 +12,8 @@ from rich.console import Console
 from rich.markup import escape
 
 from ..errors import PDLConfigError
-from ..frequency import TABLE_FILENAME, few_trained_ids_warning
+from ..counting import few_trained_ids_warning
+from ..frequency import TABLE_FILENAME
 from ..report import weight_summary_table
 from ..engine import SETTINGS_FILENAME
 from ..trainer import PDLSFTTrainer

@@ -16,7 +16,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import PDLConfigError
-from ..frequency import IGNORE_INDEX, PACKED_LENGTHS
+from ..counting import PACKED_LENGTHS
+from ..loss import IGNORE_INDEX
 from ..fused_head import pdl_head_unsupported
 from ..ops.cross_entropy import _chunk_tokens
 
@@ -172,7 +173,8 @@ def model_prior_table(recipe, tokenizer, shard: tuple[int, int] | None = None):
     """The `model_prior` table of the recipe's training split (or one contiguous shard of it, as `pdl-freq --shard`
     cuts it), prepared exactly as `count_recipe` prepares it for the task table, so both record the same masking and
     data fingerprint. Returns a `CountResult` (table, preparation report, warnings)."""
-    from ..frequency import FrequencyTable, data_fingerprint, tokenizer_fingerprint
+    from ..counting import data_fingerprint
+    from ..frequency import FrequencyTable, tokenizer_fingerprint
     from ..preparation import prepare_with_report
     from ..recipe import CountResult, load_recipe_datasets, model_vocab_rows
 
