@@ -3,36 +3,28 @@
 `evaluate_model` returns a JSON-able dict; `pdl-eval` loads a model from an adapter folder and calls it, `pdl-compare`
 calls it on each freshly trained model.
 
-Validation losses are computed here, from the per-token negative log-likelihood of the trained tokens of the
-validation rows (prepared by TRL's own code with the recipe's settings, each row alone, truncated as in training):
-cross-entropy, PDL at a reference alpha under a stated policy for tokens the training table never counted, and
-cross-entropy by training-frequency bucket. They do not go through the trainer, so they do not depend on its loss
-settings, and the same per-token values give every number.
+The validation losses come from validation.py, the model from loading.py, the generations from generation.py.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import re
 import time
-from pathlib import Path
 
 import numpy as np
-import torch
 
-from ..errors import PDLConfigError, PDLError
-from ..frequency import FrequencyTable, special_token_ids, tokenizer_fingerprint
+from ..errors import PDLConfigError
+from ..frequency import FrequencyTable, tokenizer_fingerprint
 from . import metrics
 from .execution import pass_at_1
-from .generation import CODE_STOP_SEQUENCES, Example, Generation, generate, preparation_args, validation_examples
+from .generation import CODE_STOP_SEQUENCES, Example, Generation, generate, validation_examples
+from .loading import check_adapter_folder, load_for_eval  # noqa: F401  (re-exported)
 from .settings import TASK_TYPES, EvalSettings  # noqa: F401  (EvalSettings: re-exported)
+from .validation import (UNSEEN_POLICY, check_finite_losses, loss_summary, token_nll,  # noqa: F401  (re-exported)
+                         validation_losses)
 
 EVAL_FORMAT = "pdl-eval/2"
-FREQUENCY_BUCKETS = metrics.FREQUENCY_BUCKETS
-# Validation PDL is reported with this policy for tokens the training table never counted (see `loss_summary`)
-UNSEEN_POLICY = "rarest"
 KNOWN_CODE_DATASETS = ("embedded:code",)
 
 
@@ -67,19 +59,6 @@ def check_eval_table(table: FrequencyTable, tokenizer, vocab_rows: int) -> None:
         raise PDLConfigError("The training frequency table counts no trained token (total 0), so it has no "
                              "frequencies for self-information, rare tokens or validation PDL. Recount it with "
                              f"`pdl-freq --config RECIPE.yaml --output TABLE`, {EVAL_TABLE_HINT}.")
-
-
-def check_finite_losses(validation: dict) -> None:
-    """Refuse validation losses that are not finite (a model whose weights are NaN, an adapter trained to NaN):
-    results of NaN must not be written as if they were results."""
-    bad = [f"validation {words} is {validation[key]}" for key, words in (("ce", "cross-entropy"), ("pdl", "PDL"))
-           if not math.isfinite(validation[key])]
-    if bad:
-        raise PDLError(
-            f"The {' and '.join(bad)} over {validation['tokens']} validation tokens: the model's outputs are not finite numbers "
-            "(an adapter or model whose weights are NaN or infinite, e.g. a run that diverged). Nothing was written. "
-            "Evaluate an adapter whose training loss stayed finite."
-        )
 
 
 def evaluate_model(model, tokenizer, recipe, table: FrequencyTable, settings: EvalSettings | None = None,
@@ -130,30 +109,35 @@ def evaluate_model(model, tokenizer, recipe, table: FrequencyTable, settings: Ev
     }
     if tested:
         result["references"].update(_reference_tests(examples, tested, settings.test_timeout, completes_functions))
-    modes = [("greedy", False)] + ([("sampled", True)] if settings.sampled else [])
     samples = {}
-    for mode, do_sample in modes:
-        generations = generate(
-            model, tokenizer, examples, max_new_tokens=settings.max_new_tokens, batch_size=settings.batch_size,
-            do_sample=do_sample, temperature=settings.temperature, top_p=settings.top_p, seed=settings.seed,
-            max_prompt_tokens=settings.max_prompt_tokens, stop_sequences=stop_sequences, desc=f"pdl-eval: {mode}",
-        )
-        scored = _generation_metrics(examples, generations, reference_ids, counts, rare, epsilon, settings, is_code,
-                                     completes_functions)
-        result["generation"][mode] = scored
-        samples[mode] = generations
+    for mode, do_sample in [("greedy", False)] + ([("sampled", True)] if settings.sampled else []):
+        samples[mode] = _generate(model, tokenizer, examples, settings, do_sample, stop_sequences, mode)
+        result["generation"][mode] = _generation_metrics(examples, samples[mode], reference_ids, counts, rare, epsilon,
+                                                         settings, is_code, completes_functions)
     result["validation"] = validation_scores
-    result["samples"] = [
-        {"prompt": e.source_prompt[-300:], "reference": e.reference,
-         **{mode: samples[mode][i].text for mode in samples}}
-        for i, e in enumerate(examples)
-    ]
-    result["ranks"] = {
-        "references": metrics.frequency_ranks(reference_ids, counts).tolist(),
-        **{mode: metrics.frequency_ranks([g.token_ids for g in samples[mode]], counts).tolist() for mode in samples},
-    }
+    result.update(_samples_and_ranks(examples, samples, reference_ids, counts))
     result["time"] = {"wall_s": time.perf_counter() - started, "cpu_s": time.process_time() - cpu_started}
     return result
+
+
+def _samples_and_ranks(examples: list[Example], samples: dict[str, list[Generation]], reference_ids, counts) -> dict:
+    """Each prompt's end, reference and generations, and the training-frequency ranks of every generated token."""
+    return {
+        "samples": [{"prompt": e.source_prompt[-300:], "reference": e.reference,
+                     **{mode: samples[mode][i].text for mode in samples}} for i, e in enumerate(examples)],
+        "ranks": {
+            "references": metrics.frequency_ranks(reference_ids, counts).tolist(),
+            **{mode: metrics.frequency_ranks([g.token_ids for g in samples[mode]], counts).tolist() for mode in samples},
+        },
+    }
+
+
+def _generate(model, tokenizer, examples, settings: EvalSettings, do_sample: bool, stop_sequences, mode: str):
+    return generate(
+        model, tokenizer, examples, max_new_tokens=settings.max_new_tokens, batch_size=settings.batch_size,
+        do_sample=do_sample, temperature=settings.temperature, top_p=settings.top_p, seed=settings.seed,
+        max_prompt_tokens=settings.max_prompt_tokens, stop_sequences=stop_sequences, desc=f"pdl-eval: {mode}",
+    )
 
 
 def resolve_task_type(requested: str, recipe, validation) -> tuple[str, str]:
@@ -270,201 +254,6 @@ def _generation_metrics(examples: list[Example], generations: list[Generation], 
 
 
 # ---- validation losses -------------------------------------------------------------------------------------------
-
-
-def validation_losses(model, tokenizer, recipe, table: FrequencyTable, reference_alpha: float,
-                      validation_dataset) -> dict:
-    """Cross-entropy, PDL (at `reference_alpha`, weights from the TRAINING table, unseen tokens weighted as the rarest
-    counted token) and cross-entropy by training-frequency bucket, over the trained tokens of the validation rows.
-
-    The rows are prepared by TRL's own code with the recipe's settings (masking, chat template, truncation to
-    `max_length`, rows left with no trained token dropped), each row alone (no packing).
-    """
-    from ..preparation import prepare_like_sft_trainer
-
-    training = recipe.training
-    prepared, _ = prepare_like_sft_trainer(validation_dataset, tokenizer, preparation_args(training),
-                                           name="validation")
-    targets, nll = token_nll(model, prepared)
-    if targets.size == 0:
-        raise PDLConfigError("The validation rows hold no trained token (after masking and truncation), so there is "
-                             "no validation loss: check `dataset_test_split` and the masking settings.")
-    from ..run_weights import exempt_ids, load_prior_for
-    from .end_of_reply import end_of_reply_mask, end_of_reply_summary
-
-    settings = training.pdl_settings
-    exempt = exempt_ids(settings, table, special_token_ids(tokenizer, len(table.counts)))
-    prior = load_prior_for(settings, tokenizer, len(table.counts))
-    summary = loss_summary(targets, nll, table.counts.numpy(), float(reference_alpha), settings.pdl_epsilon,
-                           settings.pdl_max_weight, exempt, min_weight=settings.pdl_min_weight,
-                           prior=None if prior is None else prior.frequencies, prior_mix=settings.pdl_prior_mix or 0.0)
-    prior_used = None if prior is None else {"path": settings.pdl_prior_path, "kind": prior.kind,
-                                             "mix": settings.pdl_prior_mix}
-    ends = end_of_reply_summary(targets, nll, end_of_reply_mask(row["labels"] for row in prepared))
-    return summary | {"rows": len(validation_dataset), "rows_scored": len(prepared), "pdl_prior": prior_used,
-                      "end_of_reply": ends}
-
-
-@torch.no_grad()
-def token_nll(model, prepared, batch_size: int = 8) -> tuple[np.ndarray, np.ndarray]:
-    """Target ids and their negative log-likelihood (float64) at every trained position of the prepared rows.
-
-    A position j >= 1 is trained when `labels[j] != -100` (the first label is never predicted); its NLL is
-    ``-log softmax(logits[j - 1])[labels[j]]``. Rows go in right-padded batches of similar length, and only the logits
-    of trained positions are computed (`logits_to_keep`), with full logits as the fallback for a model without it.
-    """
-    rows = [(list(r["input_ids"]), list(r["labels"])) for r in prepared]
-    order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]))
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    targets, nlls = [None] * len(rows), [None] * len(rows)
-    try:
-        for start in range(0, len(order), batch_size):
-            batch = order[start : start + batch_size]
-            width = max(len(rows[i][0]) for i in batch)
-            input_ids = torch.zeros((len(batch), width), dtype=torch.long)
-            attention = torch.zeros((len(batch), width), dtype=torch.long)
-            keep = torch.zeros((len(batch), width), dtype=torch.bool)  # position j-1 predicts trained label j
-            wanted = torch.full((len(batch), width), -100, dtype=torch.long)
-            for row, i in enumerate(batch):
-                ids, labels = rows[i]
-                input_ids[row, : len(ids)] = torch.tensor(ids)
-                attention[row, : len(ids)] = 1
-                shifted = torch.tensor(labels[1:] + [-100], dtype=torch.long)
-                keep[row, : len(ids)] = shifted != -100
-                wanted[row, : len(ids)] = shifted
-            inputs = dict(input_ids=input_ids.to(device), attention_mask=attention.to(device))
-            picked = None
-            try:
-                logits = model(**inputs, logits_to_keep=keep.to(device)).logits
-                logits = logits.reshape(-1, logits.shape[-1])
-                picked = logits if logits.shape[0] == int(keep.sum()) else None
-            except (TypeError, ValueError, RuntimeError, IndexError):
-                picked = None
-            if picked is None:
-                picked = model(**inputs).logits[keep.to(device)]
-            log_probs = torch.log_softmax(picked.float(), dim=-1)
-            target = wanted[keep].to(device)
-            nll = -log_probs.gather(-1, target[:, None])[:, 0].double().cpu()
-            per_row = keep.sum(1).tolist()
-            offsets = np.cumsum([0] + per_row)
-            for row, i in enumerate(batch):
-                targets[i] = target[offsets[row] : offsets[row + 1]].cpu().numpy()
-                nlls[i] = nll[offsets[row] : offsets[row + 1]].numpy()
-    finally:
-        model.train(was_training)
-    if not rows:
-        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64)
-    return np.concatenate(targets).astype(np.int64), np.concatenate(nlls).astype(np.float64)
-
-
-def loss_summary(targets, nll, counts, alpha: float, epsilon: float, max_weight: float | None = None,
-                 exempt=(), *, min_weight: float | None = None, prior=None, prior_mix: float = 0.0) -> dict:
-    """Validation losses from per-token NLL: everything is a mean over the same trained tokens.
-
-    - `ce`: mean NLL.
-    - `pdl`: ``sum w(y) nll / sum w(y)`` (the paper's weighted mean, `pdl_normalize: weighted`) with the PDL weights of
-      the TRAINING table at `alpha`, `epsilon` (and the cap `max_weight`, if any), where a token the table never
-      counted gets the weight of the rarest counted token (`pdl_unseen_weight: rarest`, the training default), and the
-      rows in `exempt` (the special tokens, when the recipe sets `pdl_exempt_special_tokens`) the mean weight; the
-      recipe's floor (`min_weight`) and prior (frequencies `prior` mixed at `prior_mix`) apply as in training.
-    - `pdl_formula`: the same with equation (3) as it stands for unseen tokens, ``epsilon ** -alpha`` (about 31,600 at
-      epsilon 1e-6, alpha 0.75: one such token outweighs a whole reply), for comparison.
-    - `ce_by_bucket`: the mean NLL of the tokens counted 0, 1-2, 3-10, 11-100 and more than 100 times in the training
-      table, with how many validation tokens each bucket holds.
-    """
-    from ..weights import token_weights_from_counts
-
-    targets = np.asarray(targets, dtype=np.int64)
-    nll = np.asarray(nll, dtype=np.float64)
-    counts_t = torch.as_tensor(np.asarray(counts), dtype=torch.int64)
-    weights = {policy: token_weights_from_counts(counts_t, alpha, epsilon, "weighted", max_weight, policy, exempt,
-                                                 min_weight=min_weight, prior=prior, prior_mix=prior_mix)
-               .double().numpy()[targets] for policy in ("rarest", "formula")}
-    token_counts = np.asarray(counts)[targets]
-    buckets = []
-    for name, low, high in FREQUENCY_BUCKETS:
-        inside = (token_counts >= low) & (token_counts <= (high if high is not None else np.inf))
-        buckets.append({"bucket": name, "min_count": low, "max_count": high, "tokens": int(inside.sum()),
-                        "share": float(inside.mean()) if targets.size else math.nan,
-                        "ce": float(nll[inside].mean()) if inside.any() else math.nan})
-    return {
-        "ce": float(nll.mean()),
-        "pdl": float((weights[UNSEEN_POLICY] * nll).sum() / weights[UNSEEN_POLICY].sum()),
-        "pdl_alpha": float(alpha),
-        "pdl_unseen_weight": UNSEEN_POLICY,
-        "pdl_exempt_token_ids": [int(i) for i in exempt],
-        "pdl_min_weight": min_weight,
-        "pdl_formula": float((weights["formula"] * nll).sum() / weights["formula"].sum()),
-        "mean_weight": float(weights[UNSEEN_POLICY].mean()),
-        "tokens": int(targets.size),
-        "unseen_tokens": int((token_counts == 0).sum()),
-        "ce_by_bucket": buckets,
-    }
-
-
-def check_adapter_folder(adapter: str | Path) -> Path:
-    """Refuse, before anything is loaded, an `--adapter` that is not a folder holding an adapter or a model."""
-    adapter = Path(adapter)
-    if not adapter.exists():
-        raise PDLConfigError(f"The adapter folder {adapter} does not exist. Pass the output_dir of a pdl-sft run (it "
-                             "holds adapter_config.json for LoRA, or config.json for a full model).")
-    if not adapter.is_dir():
-        raise PDLConfigError(f"--adapter {adapter} is a file, not a folder. Pass the output_dir of a pdl-sft run.")
-    if not (adapter / "adapter_config.json").is_file() and not (adapter / "config.json").is_file():
-        raise PDLConfigError(f"The adapter folder {adapter} holds neither a LoRA adapter (adapter_config.json) nor a "
-                             "model (config.json). Pass the output_dir of a finished pdl-sft run.")
-    return adapter
-
-
-_SIZE_MISMATCH = re.compile(
-    r"size mismatch for (?P<name>\S+): copying a param with shape torch\.Size\((?P<adapter>\[[^]]*\])\) from "
-    r"checkpoint, the shape in current model is torch\.Size\((?P<base>\[[^]]*\])\)")
-
-
-def _adapter_mismatch(err: Exception, adapter: Path, base_name: str) -> PDLConfigError | None:
-    """A clear error for a LoRA adapter trained on a base model of other sizes than the recipe's, or None."""
-    found = _SIZE_MISMATCH.search(str(err))
-    if found is None:
-        return None
-    try:
-        trained_on = json.loads((adapter / "adapter_config.json").read_text()).get("base_model_name_or_path")
-    except (OSError, ValueError):
-        trained_on = None
-    name = found["name"].removeprefix("base_model.model.").replace(".default.", ".")
-    origin = f" (its adapter_config.json names {trained_on})" if trained_on else ""
-    return PDLConfigError(
-        f"The LoRA adapter in {adapter} does not fit the base model {base_name}: {name} is {found['adapter']} in the "
-        f"adapter but {found['base']} in the base model. The adapter was trained on another base model{origin}; pass "
-        "the recipe it was trained with (--config), or its base model with --model_name_or_path."
-    )
-
-
-def load_for_eval(adapter: str | Path, recipe):
-    """The base model of `recipe` with the LoRA adapter in `adapter` (or a full model folder), and its tokenizer."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    adapter = check_adapter_folder(adapter)
-    dtype = recipe.model.dtype if recipe.model.dtype not in (None, "auto") else torch.float32
-    dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
-    has_tokenizer = (adapter / "tokenizer_config.json").is_file()
-    tokenizer = AutoTokenizer.from_pretrained(str(adapter if has_tokenizer else recipe.model.model_name_or_path))
-    if (adapter / "adapter_config.json").is_file():
-        from peft import PeftModel
-
-        base = AutoModelForCausalLM.from_pretrained(recipe.model.model_name_or_path, dtype=dtype)
-        try:
-            model = PeftModel.from_pretrained(base, str(adapter))
-        except RuntimeError as err:
-            mismatch = _adapter_mismatch(err, adapter, recipe.model.model_name_or_path)
-            if mismatch is None:
-                raise
-            raise mismatch from None
-    else:
-        model = AutoModelForCausalLM.from_pretrained(str(adapter), dtype=dtype)
-    model.eval()
-    return model, tokenizer
 
 
 def format_table(result: dict) -> "rich.table.Table":  # noqa: F821

@@ -216,13 +216,8 @@ def generate(
     try:
         batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
         for index, batch in enumerate(tqdm(batches, desc=desc, unit="batch")):
-            width = max(len(encoded[i]) for i in batch)
-            input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-            attention = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, i in enumerate(batch):
-                ids = encoded[i]
-                input_ids[row, width - len(ids) :] = torch.tensor(ids)
-                attention[row, width - len(ids) :] = 1
+            input_ids, attention = _left_padded([encoded[i] for i in batch], pad_id)
+            width = input_ids.shape[1]
             options = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, eos_token_id=stops,
                            pad_token_id=pad_id)
             if stop_sequences:
@@ -237,17 +232,32 @@ def generate(
                 options.update(temperature=None, top_p=None, top_k=None)
             output = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device), **options)
             for row, i in enumerate(batch):
-                new = output[row, width:].tolist()
-                ended = next((k for k, token in enumerate(new) if token in stops), None)
-                kept = new if ended is None else new[:ended]
-                text = tokenizer.decode(kept, skip_special_tokens=True)
-                cut = first_stop(text, stop_sequences)
-                if cut is not None:
-                    text, kept = text[:cut], _tokens_before(tokenizer, kept, cut)
-                results[i] = Generation(text, kept, ended is None and cut is None)
+                results[i] = _generation_of(tokenizer, output[row, width:].tolist(), stops, stop_sequences)
     finally:
         model.train(was_training)
     return results  # type: ignore[return-value]
+
+
+def _left_padded(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rows as one left-padded batch of input ids, and its attention mask."""
+    width = max(len(ids) for ids in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(rows), width), dtype=torch.long)
+    for row, ids in enumerate(rows):
+        input_ids[row, width - len(ids) :] = torch.tensor(ids)
+        attention[row, width - len(ids) :] = 1
+    return input_ids, attention
+
+
+def _generation_of(tokenizer, new: list[int], stops, stop_sequences) -> Generation:
+    """One continuation's kept tokens and text: up to its first end token, cut before its first stop sequence."""
+    ended = next((k for k, token in enumerate(new) if token in stops), None)
+    kept = new if ended is None else new[:ended]
+    text = tokenizer.decode(kept, skip_special_tokens=True)
+    cut = first_stop(text, stop_sequences)
+    if cut is not None:
+        text, kept = text[:cut], _tokens_before(tokenizer, kept, cut)
+    return Generation(text, kept, ended is None and cut is None)
 
 
 def first_stop(text: str, stop_sequences) -> int | None:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import make_tiny_model
-from pdl_plugin.eval.evaluate import loss_summary, token_nll
+from pdl_plugin.eval.validation import loss_summary, token_nll
 
 # Table: id 0 and id 4 never counted; id 1 once, id 2 three times, id 3 four times (total 8)
 COUNTS = [0, 1, 3, 4, 0]
