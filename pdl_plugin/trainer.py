@@ -23,7 +23,7 @@ from .errors import PDLConfigError
 from .files import write_json
 from .frequency import special_token_ids, tokenizer_fingerprint
 from .hf_trainer import PDLTrainerMixin, shifted_labels
-from .preparation import check_dataset_columns, explain_template_errors, masking_mode
+from .data_checks import check_dataset_columns, explain_template_errors, masking_mode
 from .quantization import guard_cpu_4bit_gradients
 
 logger = logging.getLogger(__name__)

@@ -414,12 +414,12 @@ def _wrong_shape_results(tmp: Path) -> list[str]:
 
 
 def _ctrl_c_in_a_run(monkeypatch, tmp):
-    import pdl_plugin.eval.compare
+    import pdl_plugin.study.runner
 
     def run_one(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(pdl_plugin.eval.compare, "run_one", run_one)
+    monkeypatch.setattr(pdl_plugin.study.runner, "run_one", run_one)
 
 
 def _cache_is_a_file(monkeypatch, tmp):

@@ -28,7 +28,6 @@ require_trl_host("pdl-compare")  # before the imports below, which load TRL
 
 import argparse
 import shlex
-import time
 from pathlib import Path
 
 from rich.console import Console
@@ -36,6 +35,8 @@ from rich.console import Console
 from ..errors import PDLConfigError, PDLError
 from .eval import _Parser, eval_arguments, settings_from
 from ..recipe import parse_recipe
+from ..study.arms import ARM_KEYS, ARM_OPTIONS, Arm, check_arm_names, parse_alphas, parse_arm
+from ..study.plan import parse_seeds, parse_shard
 from . import run_cli, stop_with_error
 
 USAGE = ("pdl-compare --config RECIPE.yaml --alphas 0,0.25,0.5,1.0 [--seeds 0,1] [--alpha_warmup_steps N] "
@@ -46,11 +47,7 @@ _OVERRIDES_REFUSED = ("--output_dir", "--pdl_alpha", "--seed", "--loss_type", "-
                       "--pdl_exempt_special_tokens")
 
 
-def compare(argv: list[str]) -> Path:
-    from ..eval.compare import (hold_run, in_share, is_finished, parse_seeds, parse_shard, run_dir, run_one,
-                                study_plan, write_report)
-    from ..study.arms import ARM_KEYS, ARM_OPTIONS, Arm, check_arm_names, parse_alphas, parse_arm
-
+def _parser() -> argparse.ArgumentParser:
     parser = eval_arguments(_Parser(prog="pdl-compare", usage=USAGE))
     parser.add_argument("--config", required=True)
     parser.add_argument("--alphas", default="0,0.25,0.5,1.0")
@@ -81,7 +78,14 @@ def compare(argv: list[str]) -> Path:
     parser.add_argument("--fail_fast", action="store_true",
                         help="stop at the first run that fails; default: go on with the other runs, draw the report "
                         "and exit with an error naming the failed runs")
-    options, overrides = parser.parse_known_args(argv)
+    return parser
+
+
+def compare(argv: list[str]) -> Path:
+    from ..study.checks import check_arm_settings, check_study_folders
+    from ..study.runner import Study, run_study
+
+    options, overrides = _parser().parse_known_args(argv)
     refused = [flag for flag in overrides if flag.split("=")[0] in _OVERRIDES_REFUSED]
     if refused:
         raise PDLConfigError(f"pdl-compare sets {refused[0]} itself for each run (use --alphas, --arm, --seeds, "
@@ -90,6 +94,29 @@ def compare(argv: list[str]) -> Path:
     shard = parse_shard(options.shard)
     if options.checkpoint_steps < 0:
         raise PDLConfigError(f"--checkpoint_steps must be >= 0 (0: no checkpoints), got {options.checkpoint_steps}.")
+    arms = _arms(options, alphas, overrides)
+    recipe = parse_recipe(["--config", options.config, *overrides])  # fails early on a bad recipe or override
+    for arm in arms:  # each arm's settings, checked where they are declared, before any run
+        check_arm_settings(options.config, overrides, arm)
+    if not options.report_only:
+        check_study_folders(options.outdir, options.results_dir, recipe)
+    task = options.task or Path(options.config).stem.removesuffix("_lora").removesuffix("_qlora")
+    report = Path(options.report) if options.report else Path(options.outdir) / task / "report.md"
+    study = Study(options.config, overrides, task, arms, seeds, Path(options.outdir), report,
+                  command="pdl-compare " + shlex.join(_study_argv(argv)),
+                  results_dir=Path(options.results_dir) if options.results_dir else None, shard=shard,
+                  checkpoint_steps=options.checkpoint_steps, fail_fast=options.fail_fast)
+    console = Console()
+    settings = reference_alpha = None
+    if not options.report_only:
+        settings = settings_from(options, recipe)
+        reference_alpha = options.reference_alpha if options.reference_alpha is not None else recipe.training.pdl_alpha
+    return run_study(study, settings, reference_alpha, log=console.print,
+                     on_failure=lambda name, err: _report_failure(console, name, err))
+
+
+def _arms(options, alphas: list[float], overrides: list[str]) -> list[Arm]:
+    """The study's arms: one per alpha, the warm-up arm, the exempt arms and the `--arm` arms, in that order."""
     if options.alpha_warmup_steps < 0:
         raise PDLConfigError(f"--alpha_warmup_steps must be >= 0, got {options.alpha_warmup_steps}.")
     arms = [Arm(alpha) for alpha in alphas]
@@ -111,107 +138,18 @@ def compare(argv: list[str]) -> Path:
                  None)
     if clash:
         raise PDLConfigError(f"{clash} is given to every run and set by an --arm too: set it in the arms only.")
-    recipe = parse_recipe(["--config", options.config, *overrides])  # fails early on a bad recipe or override
-    for arm in arms:  # each arm's settings, checked where they are declared, before any run
-        _check_arm_settings(options.config, overrides, arm)
-    if not options.report_only:
-        _check_study_folders(options, recipe)
-    task = options.task or Path(options.config).stem.removesuffix("_lora").removesuffix("_qlora")
-    task_dir = Path(options.outdir) / task
-    source_dir = Path(options.results_dir) / task if options.results_dir else task_dir
-    report = Path(options.report) if options.report else task_dir / "report.md"
-    command = "pdl-compare " + shlex.join(_study_argv(argv))
-    console = Console()
-    failed = []
-    if not options.report_only:
-        settings = settings_from(options, recipe)
-        reference_alpha = options.reference_alpha if options.reference_alpha is not None else recipe.training.pdl_alpha
-        plan = study_plan(arms, seeds)
-        todo, share = [], []
-        for index, (arm, seed) in enumerate(plan, 1):
-            if not in_share(index, shard):
-                continue
-            share.append(str(index))
-            name = f"[{index}/{len(plan)}] {task} {arm.name} seed {seed}"
-            folder = run_dir(options.outdir, task, arm, seed)
-            kept = run_dir(options.results_dir, task, arm, seed) if options.results_dir else None
-            if is_finished(folder, kept):  # copies a finished run's results to the results folder
-                console.print(f"{name}: results in {kept or folder}, skipped")
-            else:
-                todo.append((name, arm, seed, folder, kept))
-        if shard[1] > 1:
-            console.print(f"Shard {shard[0]}/{shard[1]} (runs {', '.join(share)} of {len(plan)}): {len(todo)} to do"
-                          + "".join(f", {arm.name} seed {seed}" for _, arm, seed, _, _ in todo))
-        for name, arm, seed, folder, kept in todo:
-            with hold_run(folder) as held:
-                if not held:
-                    console.print(f"{name}: running in another process, skipped")
-                elif is_finished(folder, kept):  # by another process, since this one looked
-                    console.print(f"{name}: finished by another process, skipped")
-                else:
-                    console.print(f"[bold]{name}[/]: {folder}")
-                    started = time.perf_counter()
-                    try:
-                        run_one(options.config, overrides, folder, arm, seed, settings, reference_alpha,
-                                log=console.print, results_folder=kept, checkpoint_steps=options.checkpoint_steps)
-                    except Exception as err:  # not KeyboardInterrupt: Ctrl-C stops the study
-                        if options.fail_fast:
-                            raise
-                        failed.append(f"{arm.name} seed {seed}: {_report_failure(console, name, err)}")
-                        continue
-                    console.print(f"{name}: finished in {time.perf_counter() - started:.0f} s")
-    try:
-        path = write_report(task, source_dir, report, command, base_dirs=(task_dir,))
-    except PDLError:
-        if not failed:
-            raise
-        path = None  # no run finished: the failures below are the news, not the missing report
-    else:
-        console.print(f"Report: {path}")
-    if failed:
-        reported = "the report has the finished runs only" if path else "no run finished, so no report"
-        runs = f"{len(failed)} run{'s' if len(failed) > 1 else ''}"
-        raise PDLError(f"{runs} of this process failed ({reported}; mend the cause and run the same command again: "
-                       "finished runs are skipped, the failed ones run again). " + " | ".join(failed))
-    return path
+    return arms
 
 
-def _check_arm_settings(config: str, overrides: list[str], arm) -> None:
-    """Refuse, before the first run, an arm whose settings a run would refuse (a floor above the cap, a prior file
-    that is missing), naming the arm."""
-    from ..run_weights import read_prior_file
-
-    try:
-        training = parse_recipe(["--config", config, *overrides, "--pdl_alpha", str(arm.alpha),
-                                 "--pdl_alpha_warmup_steps", str(arm.warmup_steps),
-                                 "--pdl_exempt_special_tokens", str(arm.exempt).lower(), *arm.recipe_options()]).training
-        if training.pdl_prior_path:
-            read_prior_file(training.pdl_prior_path, "pdl-freq")
-    except PDLError as err:
-        raise type(err)(f"--arm {arm.name}: {err}") from None
-
-
-def _check_study_folders(options, recipe) -> None:
-    """Before any run: the folders the study writes can be made, and every run's evaluation will find its split."""
-    from ..eval.evaluate import load_validation_split
-    from ..files import check_can_create_folder
-
-    check_can_create_folder(options.outdir, "--outdir")
-    if options.results_dir:
-        check_can_create_folder(options.results_dir, "--results_dir")
-    load_validation_split(recipe)
-
-
-def _report_failure(console: Console, name: str, err: Exception) -> str:
-    """Say why a run failed and go on: one line for our own errors (the message names the fix), the traceback for
-    anything else (a bug, or a library's error), so that a study left running overnight loses no run to another's
-    failure and no failure's cause. Returns the reason in one line, for the closing error."""
+def _report_failure(console: Console, name: str, err: Exception) -> None:
+    """Say why a run failed (the study goes on): one line for our own errors (the message names the fix), the
+    traceback for anything else (a bug, or a library's error), so that a study left running overnight loses no run to
+    another's failure and no failure's cause. Called while the error is handled."""
     if isinstance(err, PDLError):
         console.print(f"[bold red]{name}: failed:[/] {err}", highlight=False)
-        return str(err)
+        return
     console.print(f"[bold red]{name}: failed with {type(err).__name__}:[/]", highlight=False)
     console.print_exception()
-    return f"{type(err).__name__}: {err}"
 
 
 _FLAGS_DROPPED = ("--report_only", "--fail_fast")

@@ -1,1 +1,2 @@
-"""Evaluation of PDL finetunes: pure metrics, batched generation, `pdl-eval` and `pdl-compare` orchestration."""
+"""Evaluation of PDL finetunes: pure metrics, batched generation, validation losses and `pdl-eval` (the study that
+trains and compares runs, `pdl-compare`, is `pdl_plugin.study`)."""

@@ -31,7 +31,7 @@ KNOWN_CODE_DATASETS = ("embedded:code",)
 def load_validation_split(recipe):
     """The recipe's train split and its validation split (its `dataset_test_split`), whatever its `eval_strategy`
     says; a missing validation split is refused with the split's name and how to set it."""
-    from ..recipe import load_dataset_dict
+    from ..recipe_data import load_dataset_dict
 
     script = recipe.script
     dataset = load_dataset_dict(recipe)
@@ -67,7 +67,7 @@ def evaluate_model(model, tokenizer, recipe, table: FrequencyTable, settings: Ev
 
     `train_dataset` is accepted for compatibility and not used: the validation losses need only the validation rows.
     """
-    from ..recipe import first_rows  # here, not at the top: pdl_plugin.recipe imports TRL (seconds)
+    from ..recipe_data import first_rows
 
     settings = settings or EvalSettings()
     started, cpu_started = time.perf_counter(), time.process_time()

@@ -61,7 +61,7 @@ def validation_examples(dataset, tokenizer, max_prompts: int | None = None, args
     prompt ids are the trained context of the reference in TRL's preparation of the row with the training settings
     `args` (an `SFTConfig`; default: TRL's defaults), see `training_prompt_ids`.
     """
-    from ..recipe import first_rows  # here, not at the top: pdl_plugin.recipe imports TRL (seconds)
+    from ..recipe_data import first_rows
 
     columns = set(dataset.column_names)
     rows = first_rows(dataset, max_prompts) if max_prompts else dataset

@@ -286,7 +286,7 @@ def test_two_pdl_compare_processes_share_the_plan_out(tmp_path):
 def test_a_failed_run_does_not_stop_the_study_and_the_exit_names_it(tmp_path, monkeypatch, capsys):
     """A run that fails (our error, or any other) is reported and the process goes on to the next run; at the end the
     report holds the finished runs and the command exits 2 naming the failed ones. `--fail_fast` stops at the first."""
-    import pdl_plugin.eval.compare as compare_module
+    import pdl_plugin.study.runner as compare_module
     from pdl_plugin.errors import PDLConfigError
 
     real_run_one = compare_module.run_one

@@ -7,8 +7,10 @@ import math
 import pytest
 
 from pdl_plugin import PDLConfigError
-from pdl_plugin.eval.compare import (bucket_differences, flattening, load_runs, paired_differences, paired_report,
-                                     t_interval, t_quantile_975, write_report)
+from pdl_plugin.study.report import write_report
+from pdl_plugin.study.results import load_runs
+from pdl_plugin.study.sections import paired_report
+from pdl_plugin.study.statistics import bucket_differences, flattening, paired_differences, t_interval, t_quantile_975
 
 
 def test_t_interval_by_hand():
@@ -167,7 +169,7 @@ def test_incomplete_run_folders_are_named(tmp_path):
 def test_runs_trained_on_different_data_are_not_paired(tmp_path):
     """One more training row reshuffles every batch: a report refuses to pair runs whose training tables differ, and
     pairs them when the tables agree."""
-    from pdl_plugin.eval.compare import check_same_data
+    from pdl_plugin.study.results import check_same_data
 
     table = {"total_tokens": 334870, "distinct": 14478, "masking": "completion_only", "rare_types": 4101}
     ce, arm = _result(0.0, 0, 2.0, [1] * 5, 0.3), _result(0.5, 0, 2.1, [1] * 5, 0.3)

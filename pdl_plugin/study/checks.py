@@ -1,0 +1,36 @@
+"""What a study checks before its first run, so that a mistake stops it at once and not hours later in one run: each
+arm's settings, and the folders it writes and the split every run's evaluation reads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import PDLError
+from .arms import Arm
+
+
+def check_arm_settings(config: str, overrides: list[str], arm: Arm) -> None:
+    """Refuse, before the first run, an arm whose settings a run would refuse (a floor above the cap, a prior file
+    that is missing), naming the arm."""
+    from ..recipe import parse_recipe
+    from ..run_weights import read_prior_file
+
+    try:
+        training = parse_recipe(["--config", config, *overrides, "--pdl_alpha", str(arm.alpha),
+                                 "--pdl_alpha_warmup_steps", str(arm.warmup_steps),
+                                 "--pdl_exempt_special_tokens", str(arm.exempt).lower(), *arm.recipe_options()]).training
+        if training.pdl_prior_path:
+            read_prior_file(training.pdl_prior_path, "pdl-freq")
+    except PDLError as err:
+        raise type(err)(f"--arm {arm.name}: {err}") from None
+
+
+def check_study_folders(outdir: str | Path, results_dir: str | Path | None, recipe) -> None:
+    """Before any run: the folders the study writes can be made, and every run's evaluation will find its split."""
+    from ..eval.evaluate import load_validation_split
+    from ..files import check_can_create_folder
+
+    check_can_create_folder(outdir, "--outdir")
+    if results_dir:
+        check_can_create_folder(results_dir, "--results_dir")
+    load_validation_split(recipe)
