@@ -34,7 +34,7 @@ for arg in "$@"; do
 done
 [[ ${#tasks[@]} -gt 0 ]] || { echo "$usage" >&2; exit 2; }
 
-source benchmarks/_study_sizes.sh
+source benchmarks/_study_common.sh
 
 study_command() {  # the pdl-compare command of one task, in the array `pdl_compare`
     local task=$1 steps scoring warmup
@@ -58,18 +58,8 @@ if $report_only; then
     draw_reports; exit
 fi
 
-run_worker() {  # worker I of 2: every task in turn, each run that the other worker does not hold; a task whose runs
-    local worker=$1 task status=0  # failed (pdl-compare exits 2 after the others) does not stop the next task
-    for task in "${tasks[@]}"; do
-        study_command "$task"
-        OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 "${pdl_compare[@]}" > "outputs/study/$task-worker-$worker.log" 2>&1 \
-            || status=$?
-    done
-    return "$status"
-}
-
 mkdir -p outputs/study
-run_worker 1 & sleep 5; run_worker 2 &
+run_worker 1 outputs/study/ & sleep 5; run_worker 2 outputs/study/ &
 echo "two workers running (${tasks[*]}); logs: outputs/study/TASK-worker-{1,2}.log"
 status=0
 wait -n || status=$?

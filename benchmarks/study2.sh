@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The second study (issue 25, plan registered in docs/results.md): which PDL setting, if any, beats cross-entropy.
-# Same models, data, steps and evaluation as the first study (benchmarks/_study_sizes.sh); every arm trains with the
+# Same models, data, steps and evaluation as the first study (benchmarks/_study_common.sh); every arm trains with the
 # end-of-turn exemption; results in docs/results/study2/TASK/ARM/seed-S/ (commit them: they are skipped afterwards).
 #
 #   bash benchmarks/study2.sh priors TASK [TASK ...]     # the base model's prior of each task (docs/results/study2/priors)
@@ -19,7 +19,7 @@
 # plan's other runs are skipped once finished, so a later call adds the missing arm).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source benchmarks/_study_sizes.sh
+source benchmarks/_study_common.sh
 
 usage="usage: bash benchmarks/study2.sh priors|stage1|reproduce|report TASK [TASK ...] [--workers N]"
 mode=${1:-} tasks=() workers=2
@@ -77,16 +77,6 @@ study_command() {  # the pdl-compare command of one task and mode, in the array 
                  --logging_steps 4 "${steps[@]}" "${scoring[@]}" ${arms[@]+"${arms[@]}"})
 }
 
-run_worker() {  # worker I: every task in turn, each run that no other worker holds
-    local worker=$1 task status=0
-    for task in "${tasks[@]}"; do
-        study_command "$task"
-        OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 "${pdl_compare[@]}" > "outputs/study2/$task-$mode-worker-$worker.log" 2>&1 \
-            || status=$?
-    done
-    return "$status"
-}
-
 case "$mode" in
     priors) for task in "${tasks[@]}"; do make_prior "$task"; done; exit ;;
     report)
@@ -100,10 +90,10 @@ esac
 mkdir -p outputs/study2
 pids=()
 for ((worker = 1; worker <= workers; worker++)); do
-    run_worker "$worker" & pids+=($!)
+    run_worker "$worker" "outputs/study2/$mode-" & pids+=($!)
     sleep 5
 done
-echo "$workers worker(s) running (${tasks[*]}, $mode); logs: outputs/study2/TASK-$mode-worker-N.log"
+echo "$workers worker(s) running (${tasks[*]}, $mode); logs: outputs/study2/$mode-TASK-worker-N.log"
 status=0
 for pid in "${pids[@]}"; do wait "$pid" || status=$?; done
 exit "$status"
