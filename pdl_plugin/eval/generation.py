@@ -218,8 +218,9 @@ def generate(
         for index, batch in enumerate(tqdm(batches, desc=desc, unit="batch")):
             input_ids, attention = _left_padded([encoded[i] for i in batch], pad_id)
             width = input_ids.shape[1]
-            options = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, eos_token_id=stops,
-                           pad_token_id=pad_id)
+            options = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, eos_token_id=stops, pad_token_id=pad_id,
+                           **(dict(temperature=temperature, top_p=top_p, top_k=0) if do_sample
+                              else dict(temperature=None, top_p=None, top_k=None)))
             if stop_sequences:
                 from transformers import StoppingCriteriaList
 
@@ -227,9 +228,6 @@ def generate(
                     [_StopSequences(tokenizer, stop_sequences, width, stops)])
             if do_sample:
                 torch.manual_seed(seed * 100_003 + index)
-                options.update(temperature=temperature, top_p=top_p, top_k=0)
-            else:
-                options.update(temperature=None, top_p=None, top_k=None)
             output = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device), **options)
             for row, i in enumerate(batch):
                 results[i] = _generation_of(tokenizer, output[row, width:].tolist(), stops, stop_sequences)
