@@ -1,7 +1,8 @@
 """Benchmark 2: memory and time of the loss step (hidden states -> loss, forward + backward) against the naive loss
 of the paper's code (full logits, upcast to float32, per-token cross-entropy times weights): our fused kernel
 (`pdl_plugin.ops.linear_cross_entropy` on the trained positions, what PDLSFTTrainer uses) and, for reference, TRL's
-chunked log-prob function as TRL runs it on CPU (every position) and on GPU (trained positions only).
+chunked log-prob function as TRL runs it on CPU (every position) and on GPU (trained positions only), and torch's own
+`torch.nn.functional.linear_cross_entropy` (torch >= 2.13; chunked, PDL's weights as class weights).
 
 The head (output embedding) is either trainable (full finetuning: the step makes its weight gradient) or frozen
 (`--head frozen`: `weight.requires_grad` False, the LoRA case, where no weight gradient is needed and only the hidden
@@ -16,6 +17,7 @@ counted as added memory and set a floor under the fused rows. Times are paired: 
     python benchmarks/loss_step.py                 # all sizes, trainable head
     python benchmarks/loss_step.py --vocab 49152 --tokens 2048
     python benchmarks/loss_step.py --head frozen --vocab 128256 --methods pdl_fused   # LoRA: no weight gradient
+    python benchmarks/loss_step.py --vocab 128256 --methods pdl_fused torch_linear_ce  # ours against torch 2.13's
     python benchmarks/loss_step.py --dtype float32 --no-time ...   # CPUs without native bf16 (see docs/benchmarks.md)
 
 `--dtype float32`: on CPUs without AVX512-BF16 / AMX, torch 2.13's bf16 matmul `grad_logits @ weight` (the backward
@@ -89,12 +91,27 @@ def pdl_fused(hidden, weight, labels, token_weights):
     return (w * nll).sum() / w.sum()
 
 
+def torch_linear_ce(hidden, weight, labels, token_weights):
+    """torch >= 2.13's own fused loss, chunked (`LinearCrossEntropyOptions()`: the full logits never exist), on the
+    trained positions, PDL's weights as class weights, per token (`reduction="none"`, as the engine needs them)."""
+    from torch.nn import LinearCrossEntropyOptions
+
+    mask = labels != -100
+    targets = labels[mask]
+    weighted_nll = torch.nn.functional.linear_cross_entropy(
+        hidden[mask], weight, targets, weight=token_weights.to(hidden.dtype), reduction="none",
+        options=LinearCrossEntropyOptions())
+    return weighted_nll.sum() / token_weights[targets].sum()
+
+
 METHODS = {
     "naive": naive,
     "trl_all_positions": lambda *a: trl_chunked(*a, compact=False),  # what TRL does on CPU
     "trl_trained_only": lambda *a: trl_chunked(*a, compact=True),  # what TRL does on GPU (Triton devices)
     "pdl_fused": pdl_fused,  # pdl_plugin.ops.linear_cross_entropy on trained positions: what PDLSFTTrainer uses
 }
+if hasattr(torch.nn.functional, "linear_cross_entropy") and hasattr(torch.nn, "LinearCrossEntropyOptions"):
+    METHODS["torch_linear_ce"] = torch_linear_ce  # torch's own, chunked, trained positions (torch >= 2.13)
 
 
 def step(method: str, tensors) -> float:

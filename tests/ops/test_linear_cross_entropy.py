@@ -55,3 +55,39 @@ def test_under_autocast_the_products_run_in_bf16_and_gradients_keep_the_input_dt
     expected.sum().backward()
     torch.testing.assert_close(nll.double(), expected.detach(), rtol=2e-2, atol=2e-2)
     torch.testing.assert_close(hidden.grad.double(), h.grad, rtol=5e-2, atol=2e-2)
+
+
+@pytest.mark.skipif(not hasattr(torch.nn, "LinearCrossEntropyOptions"), reason="torch < 2.13 has no linear_cross_entropy")
+def test_torch_linear_cross_entropy_with_class_weights_is_pdl_and_matches_ours():
+    """The basis of benchmarks/loss_step.py's torch_linear_ce: torch 2.13's chunked linear_cross_entropy with PDL's
+    weights as class weights gives, per trained token, w(y) * nll, so its sum over sum w(y) is PDL's weighted mean;
+    checked against the formula on full float64 logits, and its per-token NLL against ours, values and gradients."""
+    from torch.nn import LinearCrossEntropyOptions
+
+    generator = torch.Generator().manual_seed(0)
+    hidden = torch.randn(96, 16, generator=generator, dtype=torch.float64)
+    weight = torch.randn(500, 16, generator=generator, dtype=torch.float64) * 0.3
+    targets = torch.randint(0, 500, (96,), generator=generator)
+    class_weights = torch.rand(500, generator=generator, dtype=torch.float64) + 0.05
+
+    def pdl_of(per_token_weighted_nll):
+        return per_token_weighted_nll.sum() / class_weights[targets].sum()
+
+    grads = {}
+    for name in ("formula", "torch", "ours"):
+        h, w = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+        if name == "formula":
+            nll = -torch.log_softmax(h @ w.T, dim=-1)[torch.arange(96), targets]
+            loss = (class_weights[targets] * nll).sum() / class_weights[targets].sum()
+        elif name == "torch":
+            weighted = torch.nn.functional.linear_cross_entropy(h, w, targets, weight=class_weights, reduction="none",
+                                                               options=LinearCrossEntropyOptions())
+            loss = pdl_of(weighted)
+        else:
+            nll, _, _ = linear_cross_entropy(h, w, targets)
+            loss = pdl_of(class_weights[targets] * nll)
+        loss.backward()
+        grads[name] = (loss.detach(), h.grad, w.grad)
+    for name in ("torch", "ours"):
+        for got, want in zip(grads[name], grads["formula"], strict=True):
+            torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
