@@ -11,7 +11,7 @@ import numpy as np
 
 from ..errors import PDLConfigError
 from ..eval import metrics
-from ..eval.run_results import check_run_results
+from .run_results import check_run_results
 from .arms import Arm
 from .plan import BASE_FILE, DONE, RESULTS_FILE, TRAIN_FILE
 
