@@ -6,6 +6,7 @@ on its loss settings, and the same per-token values give every number."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -57,9 +58,9 @@ def validation_losses(model, tokenizer, recipe, table: FrequencyTable, reference
     settings = training.pdl_settings
     exempt = exempt_ids(settings, table, special_token_ids(tokenizer, len(table.counts)))
     prior = load_prior_for(settings, tokenizer, len(table.counts))
-    summary = loss_summary(targets, nll, table.counts.numpy(), float(reference_alpha), settings.pdl_epsilon,
-                           settings.pdl_max_weight, exempt, min_weight=settings.pdl_min_weight,
-                           prior=None if prior is None else prior.frequencies, prior_mix=settings.pdl_prior_mix or 0.0)
+    weights = validation_weights(settings, table, float(reference_alpha), prior=prior, exempt=exempt)
+    summary = loss_summary(targets, nll, table.counts.numpy(), weights, float(reference_alpha), exempt,
+                           settings.pdl_min_weight)
     prior_used = None if prior is None else {"path": settings.pdl_prior_path, "kind": prior.kind,
                                              "mix": settings.pdl_prior_mix}
     ends = end_of_reply_summary(targets, nll, end_of_reply_mask(row["labels"] for row in prepared))
@@ -121,29 +122,36 @@ def token_nll(model, prepared, batch_size: int = 8) -> tuple[np.ndarray, np.ndar
     return np.concatenate(targets).astype(np.int64), np.concatenate(nlls).astype(np.float64)
 
 
-def loss_summary(targets, nll, counts, alpha: float, epsilon: float, max_weight: float | None = None,
-                 exempt=(), *, min_weight: float | None = None, prior=None, prior_mix: float = 0.0) -> dict:
+def validation_weights(settings, table: FrequencyTable, alpha: float, *, prior: FrequencyTable | None = None,
+                       exempt=()) -> dict[str, torch.Tensor]:
+    """The weights validation PDL uses, from the run's own settings through the one function that turns settings
+    into weights (`run_weights.weights_for_settings`), at the reference `alpha`, under each unseen-token policy:
+    `rarest` (a token the training table never counted weighs as its rarest counted token, the training default) and
+    `formula` (equation (3) as it stands). Normalised as the paper's weighted mean (`weighted`)."""
+    from ..run_weights import weights_for_settings
+
+    return {policy: weights_for_settings(dataclasses.replace(settings, pdl_unseen_weight=policy,
+                                                             pdl_normalize="weighted"),
+                                         table, prior=prior, exempt=exempt, alpha=alpha)
+            for policy in ("rarest", "formula")}
+
+
+def loss_summary(targets, nll, counts, weights: dict[str, torch.Tensor], alpha: float, exempt=(),
+                 min_weight: float | None = None) -> dict:
     """Validation losses from per-token NLL: everything is a mean over the same trained tokens.
 
     - `ce`: mean NLL.
-    - `pdl`: ``sum w(y) nll / sum w(y)`` (the paper's weighted mean, `pdl_normalize: weighted`) with the PDL weights of
-      the TRAINING table at `alpha`, `epsilon` (and the cap `max_weight`, if any), where a token the table never
-      counted gets the weight of the rarest counted token (`pdl_unseen_weight: rarest`, the training default), and the
-      rows in `exempt` (the special tokens, when the recipe sets `pdl_exempt_special_tokens`) the mean weight; the
-      recipe's floor (`min_weight`) and prior (frequencies `prior` mixed at `prior_mix`) apply as in training.
-    - `pdl_formula`: the same with equation (3) as it stands for unseen tokens, ``epsilon ** -alpha`` (about 31,600 at
-      epsilon 1e-6, alpha 0.75: one such token outweighs a whole reply), for comparison.
+    - `pdl`: ``sum w(y) nll / sum w(y)`` (the paper's weighted mean) with `weights["rarest"]`
+      (`validation_weights`: the TRAINING table's weights at `alpha`, the recipe's cap, floor, prior and exemption
+      applied as in training, a token the table never counted at the rarest counted token's weight).
+    - `pdl_formula`: the same with `weights["formula"]`, equation (3) as it stands for unseen tokens,
+      ``epsilon ** -alpha`` (about 31,600 at epsilon 1e-6, alpha 0.75: one such token outweighs a whole reply).
     - `ce_by_bucket`: the mean NLL of the tokens counted 0, 1-2, 3-10, 11-100 and more than 100 times in the training
       table, with how many validation tokens each bucket holds.
     """
-    from ..weights import token_weights_from_counts
-
     targets = np.asarray(targets, dtype=np.int64)
     nll = np.asarray(nll, dtype=np.float64)
-    counts_t = torch.as_tensor(np.asarray(counts), dtype=torch.int64)
-    weights = {policy: token_weights_from_counts(counts_t, alpha, epsilon, "weighted", max_weight, policy, exempt,
-                                                 min_weight=min_weight, prior=prior, prior_mix=prior_mix)
-               .double().numpy()[targets] for policy in ("rarest", "formula")}
+    weights = {policy: torch.as_tensor(w).double().numpy()[targets] for policy, w in weights.items()}
     token_counts = np.asarray(counts)[targets]
     buckets = []
     for name, low, high in FREQUENCY_BUCKETS:
