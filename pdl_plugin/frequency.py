@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import numbers
 import os
 from collections.abc import Sequence
@@ -197,8 +198,11 @@ class FrequencyTable:
 
     @property
     def total(self) -> int | float:
-        """Tokens counted (a float for a model prior's expected counts)."""
-        return float(self.counts.sum()) if self.counts.is_floating_point() else int(self.counts.sum())
+        """Tokens counted (a float for a model prior's expected counts, summed exactly rounded with `math.fsum`: a
+        float64 `torch.sum` depends on the number of threads, and the file's recorded total must not)."""
+        if self.counts.is_floating_point():
+            return math.fsum(self.counts.tolist())
+        return int(self.counts.sum())
 
     @property
     def frequencies(self) -> torch.Tensor:
@@ -307,12 +311,23 @@ class FrequencyTable:
             )
         except FrequencyTableError as err:
             raise FrequencyTableError(f"{path}: {err}") from None
-        if str(table.total) != metadata["total_tokens"]:
+        if not _same_total(table.total, metadata["total_tokens"]):
             raise FrequencyTableError(
                 f"{path}: counts sum to {table.total} but the metadata says {metadata['total_tokens']}: the file is "
                 "corrupt. Recount it with `pdl-freq`."
             )
         return table
+
+
+def _same_total(total: int | float, recorded: str) -> bool:
+    """Whole counts must sum to the recorded total exactly; expected counts (float64) to 1e-9 relative, as tables
+    written before totals were summed exactly recorded a threaded `torch.sum`, whose last digits vary."""
+    if isinstance(total, int):
+        return str(total) == recorded
+    try:
+        return math.isclose(total, float(recorded), rel_tol=1e-9, abs_tol=1e-9)
+    except ValueError:
+        return False
 
 
 def merge_tables(tables: list[FrequencyTable]) -> FrequencyTable:

@@ -136,3 +136,27 @@ def test_counting_a_shuffled_dataset_reads_the_stored_column_and_counts_the_same
         for label in row[1:]:
             expected[label] += 1
     assert count_trained_tokens(subset, 7, batch_size=3).tolist() == expected
+
+
+def test_a_model_prior_recorded_with_a_threaded_float_sum_loads_and_a_wrong_total_is_refused(tmp_path):
+    """A float64 prior's total is summed exactly rounded (math.fsum), so it does not depend on how many threads
+    summed it; a file whose recorded total came from another summation order (a threaded torch.sum: its last digits
+    differ) still loads, while a total that is really different is refused as corrupt."""
+    import math
+
+    from safetensors.torch import load_file, safe_open, save_file
+
+    counts = torch.rand(200_000, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 3
+    path = FrequencyTable(counts, "tok", "completion_only", "data", kind="model_prior").save(tmp_path / "prior")
+    file = path if path.is_file() else path / TABLE_FILENAME
+    with safe_open(str(file), "pt") as handle:
+        metadata = handle.metadata()
+    assert float(metadata["total_tokens"]) == math.fsum(counts.tolist())
+    reordered = sum(reversed(counts.tolist()))  # another order: differs from fsum in the last digits
+    assert reordered != math.fsum(counts.tolist())
+    tensors = load_file(str(file))
+    save_file(tensors, str(file), metadata={**metadata, "total_tokens": repr(reordered)})
+    assert FrequencyTable.load(file).total == pytest.approx(reordered, rel=1e-12)
+    save_file(tensors, str(file), metadata={**metadata, "total_tokens": repr(reordered + 1.0)})
+    with pytest.raises(FrequencyTableError, match="the file is corrupt"):
+        FrequencyTable.load(file)
