@@ -14,11 +14,11 @@ def check_arm_settings(config: str, overrides: list[str], arm: Arm) -> None:
     that is missing), naming the arm."""
     from ..recipe import parse_recipe
     from ..run_weights import read_prior_file
+    from .runner import training_overrides
 
-    try:
-        training = parse_recipe(["--config", config, *overrides, "--pdl_alpha", str(arm.alpha),
-                                 "--pdl_alpha_warmup_steps", str(arm.warmup_steps),
-                                 "--pdl_exempt_special_tokens", str(arm.exempt).lower(), *arm.recipe_options()]).training
+    try:  # the overrides a run of this arm trains with (seed and folder do not matter to its settings)
+        training = parse_recipe(["--config", config, *overrides,
+                                 *training_overrides(arm, 0, Path("arm-check"))]).training
         if training.pdl_prior_path:
             read_prior_file(training.pdl_prior_path, "pdl-freq")
     except PDLError as err:
