@@ -13,8 +13,8 @@
 # scripts/setup.sh), never from a working tree being edited: bash reads a script while it runs.
 # The CE arm: dialogue and code reuse the first study's committed CE runs (their data come from wheels and do not
 # change; `reproduce` checks that a re-run gives the same numbers). Summarization's data are built from the machine's
-# apt index, which Debian updates, so its CE arm is re-run beside the arms on the same data (pdl-compare refuses to
-# pair runs whose training tables differ).
+# apt index, which Debian updates: its runs read a snapshot of 2026-12-07 (pin_summarization_data) and its CE arm is
+# re-run beside the arms on the same data (pdl-compare refuses to pair runs whose training tables differ).
 # An arm whose prior table is not there yet is left out with a message; run `priors` first (or again later: the
 # plan's other runs are skipped once finished, so a later call adds the missing arm).
 set -euo pipefail
@@ -35,6 +35,28 @@ done
 [[ ${#tasks[@]} -gt 0 ]] || { echo "$usage" >&2; exit 2; }
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 results=docs/results/study2
+
+pin_summarization_data() {  # summarization's data from apt's Translation-en indexes as of 2026-12-07: the live index
+    # moved between two sessions (335,211 then 335,429 trained tokens), and with it every batch. The small files that
+    # move (security, updates) are committed in $snapshot; the large bookworm file is fetched and must keep its SHA-1.
+    # Every run then reads its data through its own cache (PDL_PLUGIN_CACHE), never the user's.
+    local snapshot=$PWD/$results/data/summarization-apt-2026-12-07 cache=$PWD/outputs/study2/cache
+    export PDL_PLUGIN_CACHE=$cache
+    if [[ ! -d $cache/apt-lists ]]; then
+        local fresh=$PWD/outputs/study2/fresh-apt pinned=$cache/apt-lists.partial
+        rm -rf "$fresh" "$pinned" && mkdir -p "$pinned"
+        PDL_PLUGIN_CACHE=$fresh .venv/bin/python -c \
+            'from pdl_plugin.data.summarization import fetch_translations; fetch_translations()'
+        cp "$fresh"/apt-lists/*_debian_dists_bookworm_main_i18n_Translation-en.lz4 "$snapshot"/*.lz4 "$pinned"/
+        mv "$pinned" "$cache/apt-lists" && rm -rf "$fresh"
+    fi
+    (cd "$cache/apt-lists" && sha1sum --quiet -c "$snapshot/SHA1SUMS") || {
+        echo "summarization: the pinned apt index of 2026-12-07 cannot be rebuilt here (a file's SHA-1 differs, above;" \
+             "the bookworm file moves only at a point release). Its runs would train on other rows than the" \
+             "committed ones: re-run all of that task's arms (CE included) on one index, and say so in docs/results.md." >&2
+        exit 2
+    }
+}
 
 prior_of() { echo "$results/priors/$1/model_prior.safetensors"; }
 
@@ -77,6 +99,7 @@ study_command() {  # the pdl-compare command of one task and mode, in the array 
                  --logging_steps 4 "${steps[@]}" "${scoring[@]}" ${arms[@]+"${arms[@]}"})
 }
 
+[[ " ${tasks[*]} " == *" summarization "* && $mode != report ]] && pin_summarization_data
 case "$mode" in
     priors) for task in "${tasks[@]}"; do make_prior "$task"; done; exit ;;
     report)
