@@ -64,7 +64,7 @@ from _variants import (
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "axolotl" / "offline_dialogue_lora.yaml"
 PLUGINS = ["pdl_plugin.integrations.axolotl.PDLPlugin",
-           "pdl_plugin.integrations.axolotl_embedded.EmbeddedResourcesPlugin"]
+           "pdl_plugin.integrations.axolotl.EmbeddedResourcesPlugin"]
 VARIANTS = ("ce", "pdl")  # then the options of --variants, each against plain PDL
 MEMORY_STEPS = 2  # the first step allocates the optimizer state; the second is a steady one
 

@@ -39,6 +39,22 @@ AXOLOTL_0_19_PINS = {
     "typing-extensions": "4.15.0",
 }
 AXOLOTL_0_19_TORCH = ("2.11.0", "2.13.0")  # torch>=2.11.0,<=2.13.0: both ends must be allowed
+# Axolotl 0.21.0 (Python >= 3.12), the same way; torch>=2.13.0,<2.15.0.
+AXOLOTL_0_21_PINS = {
+    "transformers": "5.20.1",
+    "trl": "1.14.1",
+    "peft": "0.21.2",
+    "accelerate": "1.15.0",
+    "datasets": "5.0.1",
+    "pydantic": "2.13.5",
+    "pyyaml": "6.0.3",
+    "bitsandbytes": "0.50.2",
+    "tokenizers": "0.23.3",
+    "packaging": "26.0",
+    "typing-extensions": "4.15.0",
+}
+AXOLOTL_0_21_TORCH = ("2.13.0", "2.14.1")
+AXOLOTL_RELEASES = {"0.19": (AXOLOTL_0_19_PINS, AXOLOTL_0_19_TORCH), "0.21": (AXOLOTL_0_21_PINS, AXOLOTL_0_21_TORCH)}
 # What scripts/setup_axolotl.sh installs beside Axolotl; [trl] is the one extra that cannot go there.
 AXOLOTL_SIDE_EXTRAS = ("axolotl", "embedded", "eval", "dev")
 
@@ -71,15 +87,14 @@ def _allows(req: Requirement, version: str) -> bool:
 
 
 def _check_against_axolotl(reqs: dict[str, Requirement], where: str) -> None:
-    for name, req in reqs.items():
-        if name in AXOLOTL_0_19_PINS:
-            assert _allows(req, AXOLOTL_0_19_PINS[name]), (
-                f"{where}: {req} refuses Axolotl 0.19's {name}=={AXOLOTL_0_19_PINS[name]}"
-            )
-        if name == "torch":
-            for v in AXOLOTL_0_19_TORCH:
-                assert _allows(req, v), f"{where}: {req} refuses torch {v}, inside Axolotl 0.19's range"
-        assert name != "axolotl", f"{where}: axolotl must not be a requirement (see the [axolotl] extra's comment)"
+    for release, (pins, torch_range) in AXOLOTL_RELEASES.items():
+        for name, req in reqs.items():
+            if name in pins:
+                assert _allows(req, pins[name]), f"{where}: {req} refuses Axolotl {release}'s {name}=={pins[name]}"
+            if name == "torch":
+                for v in torch_range:
+                    assert _allows(req, v), f"{where}: {req} refuses torch {v}, inside Axolotl {release}'s range"
+            assert name != "axolotl", f"{where}: axolotl must not be a requirement (see the [axolotl] extra's comment)"
 
 
 def test_core_installs_beside_axolotl_pins():

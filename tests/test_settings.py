@@ -6,7 +6,7 @@ import math
 import pytest
 
 from pdl_plugin import PDLConfigError, PDLSettings
-from pdl_plugin.integrations.axolotl_args import PDLArgs, validate_pdl_settings
+from pdl_plugin.integrations.axolotl.args import PDLArgs, validate_pdl_settings
 from pdl_plugin.settings import DEFAULTS, SETTING_NAMES
 
 # value -> accepted? The same table is put to both hosts.
@@ -80,6 +80,36 @@ def test_the_axolotl_side_imports_neither_trl_nor_torch():
     import subprocess
     import sys
 
-    code = ("import sys, pdl_plugin.integrations.axolotl_args, pdl_plugin.settings; "
+    code = ("import sys, pdl_plugin.integrations.axolotl.args, pdl_plugin.settings; "
             "assert 'trl' not in sys.modules and 'torch' not in sys.modules, sorted(sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_axolotl_training_args_carry_the_settings_and_the_host_facts():
+    """What the plugin hands Axolotl as training arguments, read back as the trainer reads it: the YAML's values, the
+    defaults for the rest, and which tokens the config trains."""
+    from types import SimpleNamespace
+
+    from pdl_plugin.integrations.axolotl.args import (
+        PDLTrainingArgsMixin, settings_from_training_args, training_args_from_cfg,
+    )
+
+    cfg = {"loss_type": "pdl", "pdl_alpha": "0.25", "pdl_ce_mix": 0.5, "sequence_len": 256,
+           "datasets": [{"path": "data.jsonl", "type": "chat_template", "roles_to_train": ["assistant"]}]}
+    args = training_args_from_cfg(validate_pdl_settings(cfg))
+    assert set(args) == {f.name for f in dataclasses.fields(PDLTrainingArgsMixin)}  # every key is a declared field
+    settings, masking, extra = settings_from_training_args(SimpleNamespace(**args))
+    assert settings == PDLSettings(pdl_alpha=0.25, pdl_ce_mix=0.5)
+    assert masking == "assistant_only"
+    assert extra == {"host": "axolotl", "datasets": '[{"path": "data.jsonl", "type": "chat_template"}]',
+                     "sequence_len": "256"}
+
+
+def test_axolotl_trainer_refuses_arguments_without_the_settings():
+    """Training arguments built before the plugin was registered lack the fields: refused, never the defaults."""
+    from types import SimpleNamespace
+
+    from pdl_plugin.integrations.axolotl.args import settings_from_training_args
+
+    with pytest.raises(PDLConfigError, match="List pdl_plugin.integrations.axolotl.PDLPlugin first"):
+        settings_from_training_args(SimpleNamespace(learning_rate=2e-4))

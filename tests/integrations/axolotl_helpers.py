@@ -19,7 +19,7 @@ RECIPES = REPO / "recipes" / "axolotl"
 HERE = Path(__file__).resolve().parent
 RECORDER = "pdl_axolotl_recorder.RecorderPlugin"
 PDL_PLUGIN = "pdl_plugin.integrations.axolotl.PDLPlugin"
-EMBEDDED_PLUGIN = "pdl_plugin.integrations.axolotl_embedded.EmbeddedResourcesPlugin"
+EMBEDDED_PLUGIN = "pdl_plugin.integrations.axolotl.EmbeddedResourcesPlugin"
 IGNORE = -100
 
 

@@ -85,12 +85,12 @@ def test_bad_pdl_settings_are_refused_before_anything_loads(tmp_path, overrides,
         ({"cut_cross_entropy": True}, "cut_cross_entropy"),
         ({"plugins": ["pdl_plugin.integrations.axolotl.PDLPlugin",
                       "axolotl.integrations.cut_cross_entropy.CutCrossEntropyPlugin",
-                      "pdl_plugin.integrations.axolotl_embedded.EmbeddedResourcesPlugin"]}, "Cut Cross Entropy"),
+                      "pdl_plugin.integrations.axolotl.EmbeddedResourcesPlugin"]}, "Cut Cross Entropy"),
         ({"plugins": ["pdl_plugin.integrations.axolotl.PDLPlugin", "axolotl.integrations.liger.LigerPlugin",
-                              "pdl_plugin.integrations.axolotl_embedded.EmbeddedResourcesPlugin"],
+                              "pdl_plugin.integrations.axolotl.EmbeddedResourcesPlugin"],
           "liger_fused_linear_cross_entropy": True}, "liger_fused_linear_cross_entropy"),
         ({"plugins": ["pdl_plugin.integrations.axolotl.PDLPlugin", "axolotl.integrations.liger.LigerPlugin",
-                              "pdl_plugin.integrations.axolotl_embedded.EmbeddedResourcesPlugin"],
+                              "pdl_plugin.integrations.axolotl.EmbeddedResourcesPlugin"],
           "liger_cross_entropy": True}, "liger_cross_entropy"),
         ({"chunked_cross_entropy": True}, "chunked_cross_entropy"),
         ({"use_eaft": True}, "use_eaft"),
@@ -104,7 +104,7 @@ def test_fused_or_other_losses_are_refused_with_pdl(tmp_path, overrides, message
 
 def test_liger_without_its_cross_entropy_is_fine(tmp_path):
     cfg = load(offline_lora(plugins=["pdl_plugin.integrations.axolotl.PDLPlugin", "axolotl.integrations.liger.LigerPlugin",
-                              "pdl_plugin.integrations.axolotl_embedded.EmbeddedResourcesPlugin"],
+                              "pdl_plugin.integrations.axolotl.EmbeddedResourcesPlugin"],
                             liger_rms_norm=True), tmp_path)
     assert cfg.loss_type == "pdl"
 
@@ -121,3 +121,33 @@ def test_every_axolotl_recipe_validates(name, tmp_path):
     prepare_plugins(cfg)
     validated = validate_config(cfg)
     assert validated.loss_type == "pdl" and validated.pdl_alpha == recipe(name)["pdl_alpha"]
+
+
+@pytest.mark.parametrize("old, new", [
+    ("pdl_plugin.integrations.axolotl_embedded.EmbeddedResourcesPlugin",
+     "pdl_plugin.integrations.axolotl.embedded.EmbeddedResourcesPlugin"),
+    ("pdl_plugin.integrations.axolotl.EmbeddedResourcesPlugin",
+     "pdl_plugin.integrations.axolotl.embedded.EmbeddedResourcesPlugin"),
+    ("pdl_plugin.integrations.axolotl.PDLPlugin", "pdl_plugin.integrations.axolotl.plugin.PDLPlugin"),
+])
+def test_plugin_paths_of_earlier_yamls_still_load(old, new):
+    """YAMLs written for the five loose modules keep working: Axolotl's loader finds the same plugin class."""
+    from axolotl.integrations.base import load_plugin
+
+    module, name = new.rsplit(".", 1)
+    assert type(load_plugin(old)) is getattr(__import__(module, fromlist=[name]), name)
+
+
+def test_pdl_settings_reach_axolotls_training_arguments(tmp_path):
+    """The settings travel through Axolotl's training-arguments hooks: its TrainingArguments class has the fields
+    and the plugin fills them from the validated config (the trainer reads nothing else)."""
+    import dataclasses
+
+    from axolotl.integrations.base import PluginManager
+
+    cfg = load(offline_lora(pdl_alpha=0.25, pdl_min_weight=1.0), tmp_path)
+    from axolotl.core.training_args import AxolotlTrainingArguments
+
+    assert {"pdl_alpha", "pdl_min_weight", "pdl_masking"} <= {f.name for f in dataclasses.fields(AxolotlTrainingArguments)}
+    args = PluginManager.get_instance().get_training_args(cfg)
+    assert args["pdl_alpha"] == 0.25 and args["pdl_min_weight"] == 1.0 and args["pdl_masking"] == "assistant_only"

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import json
 import math
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
+from packaging.version import Version
 
 pytest.importorskip("axolotl")
 
@@ -131,9 +133,15 @@ def test_accumulated_gradient_equals_one_big_batch(pdl_run, smol_path, tmp_path,
     assert math.isclose(step_logs(single)[0]["loss"], step_logs(record)[0]["loss"], rel_tol=1e-5)
 
 
-def test_alpha_zero_reproduces_axolotls_own_loss(tmp_path, prepared):
-    """Same data, seed and settings; one run with Axolotl's own cross-entropy, one with PDL at alpha 0."""
-    shared = dict(micro_batch_size=4, gradient_accumulation_steps=1, max_steps=3)
+@pytest.mark.parametrize("accumulation", [1, 2])
+def test_alpha_zero_reproduces_axolotls_own_loss(tmp_path, prepared, accumulation):
+    """Same data, seed and settings; one run with Axolotl's own cross-entropy, one with PDL at alpha 0.
+
+    With 2 micro-batches per step only from Axolotl 0.21 on: 0.19's own loss averages the micro-batch means for models
+    whose forward takes no `num_items_in_batch` (SmolLM2 among them), which is not the token mean (README, Axolotl)."""
+    if accumulation > 1 and Version(version("axolotl")) < Version("0.21"):
+        pytest.skip("Axolotl 0.19's own loss is not token-exact under gradient accumulation (README, Axolotl)")
+    shared = dict(micro_batch_size=4 // accumulation, gradient_accumulation_steps=accumulation, max_steps=3)
     own = short_config(tmp_path / "own", prepared, **shared)
     for key in ("loss_type", "pdl_alpha", "pdl_epsilon", "pdl_normalize"):
         own.pop(key)

@@ -1,9 +1,14 @@
-"""The YAML keys the Axolotl plugin adds, as a pydantic model Axolotl merges into its own config schema.
+"""What the Axolotl plugin adds to Axolotl's two schemas: the YAML keys (`PDLArgs`) and the training arguments
+(`PDLTrainingArgsMixin`), the way Axolotl's own KD integration does.
 
 Axolotl builds its config class as a subclass of its base schema and of every plugin's `get_input_args()` model, so
 these fields become top-level YAML keys and the validator below runs inside Axolotl's own config validation, on the
 whole raw config. Axolotl ignores keys it does not know, so this validator also refuses any `pdl_*` key that is not
 one of ours (a typo would otherwise silently keep the default) and any PDL setting given without `loss_type: pdl`.
+
+The validated settings reach the trainer as training arguments: `PDLPlugin.get_training_args` returns them
+(`training_args_from_cfg`) and Axolotl merges `PDLTrainingArgsMixin` into its `TrainingArguments`, so the trainer reads
+`self.args.pdl_*` like any other argument, and they are saved with the run's training arguments.
 
 The fields and their checks come from `pdl_plugin.settings.PDLSettings`, the one declaration both hosts share. This
 module imports neither Axolotl, TRL nor torch: it can be read and tested without them.
@@ -12,12 +17,14 @@ module imports neither Axolotl, TRL nor torch: it can be read and tested without
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field, create_model, model_validator
 
-from ..errors import PDLConfigError
-from ..settings import SETTING_NAMES, PDLSettings, check_loss_type, check_pdl_keys
+from ...errors import PDLConfigError
+from ...settings import SETTING_NAMES, PDLSettings, check_loss_type, check_pdl_keys
+from .cfg import masking_from_cfg, table_extra_from_cfg
 
 LOSS_TYPES = ("nll", "pdl")
 
@@ -115,3 +122,48 @@ def pdl_conflicts(data: dict) -> list[str]:
             "count a table with `axolotl pdl-freq` on a sample and set `pdl_freq_path`"
         )
     return found
+
+
+# ---- the training arguments ----------------------------------------------------------------------------------------
+
+# What the trainer needs besides the settings: which tokens Axolotl trains and where the data came from (the table's
+# metadata), read from the cfg by the plugin, so the trainer needs nothing but its arguments.
+HOST_ARGS = ("pdl_masking", "pdl_table_extra")
+
+PDLTrainingArgsMixin = dataclasses.make_dataclass(
+    "PDLTrainingArgsMixin",
+    [(setting.name, Any, dataclasses.field(default=None, metadata=setting.metadata))
+     for setting in dataclasses.fields(PDLSettings)]
+    + [("pdl_masking", Any, dataclasses.field(default=None, metadata={"help": "Which tokens Axolotl trains."})),
+       ("pdl_table_extra", Any, dataclasses.field(default=None, metadata={"help": "The table's provenance (JSON)."}))],
+)
+PDLTrainingArgsMixin.__module__ = __name__  # make_dataclass's `module=` needs Python 3.12
+PDLTrainingArgsMixin.__doc__ = (
+    "The PDL settings as training arguments (None: not a PDL run), merged by Axolotl into its `TrainingArguments`."
+)
+
+
+def training_args_from_cfg(cfg) -> dict[str, Any]:
+    """The training arguments of a validated `loss_type: pdl` cfg: every setting (defaults filled) and the host facts."""
+    settings = PDLSettings.from_mapping(cfg)
+    return {**dataclasses.asdict(settings), "pdl_masking": masking_from_cfg(cfg),
+            "pdl_table_extra": json.dumps(table_extra_from_cfg(cfg))}
+
+
+def settings_from_training_args(args) -> tuple[PDLSettings, str, dict[str, str]]:
+    """(settings, masking, table provenance) from a trainer's arguments. Refuses arguments without them: the loss
+    would otherwise train with defaults nobody chose."""
+    if getattr(args, "pdl_masking", None) is None:
+        raise training_args_not_merged(type(args))
+    settings = PDLSettings.from_mapping({name: getattr(args, name) for name in SETTING_NAMES})
+    return settings, args.pdl_masking, json.loads(args.pdl_table_extra)
+
+
+def training_args_not_merged(args_cls: type) -> PDLConfigError:
+    """The error for a `TrainingArguments` class that lacks `PDLTrainingArgsMixin`'s fields."""
+    return PDLConfigError(
+        f"loss_type 'pdl' found no PDL settings among the trainer's arguments ({args_cls.__name__}): Axolotl builds "
+        "that class when `axolotl.core.training_args` is first imported, and here that happened before PDLPlugin was "
+        "registered (a plugin listed before it imports Axolotl's trainers). List "
+        "pdl_plugin.integrations.axolotl.PDLPlugin first under `plugins`."
+    )
