@@ -37,8 +37,9 @@ export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 results=docs/results/study2
 
 pin_summarization_data() {  # summarization's data from apt's Translation-en indexes as of 2026-12-07: the live index
-    # moved between two sessions (335,211 then 335,429 trained tokens), and with it every batch. The small files that
-    # move (security, updates) are committed in $snapshot; the large bookworm file is fetched and must keep its SHA-1.
+    # moves whenever Debian publishes an update, and with it every batch. The small files that move (security,
+    # updates) are committed in $snapshot; the large bookworm file is fetched and must keep its SHA-1. The first
+    # session's runs (081c7ee) read these same files: their training labels hash to the same data_fingerprint.
     # Every run then reads its data through its own cache (PDL_PLUGIN_CACHE), never the user's.
     local snapshot=$PWD/$results/data/summarization-apt-2026-12-07 cache=$PWD/outputs/study2/cache
     export PDL_PLUGIN_CACHE=$cache
