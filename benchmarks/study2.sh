@@ -5,6 +5,7 @@
 #
 #   bash benchmarks/study2.sh priors TASK [TASK ...]     # the base model's prior of each task (docs/results/study2/priors)
 #   bash benchmarks/study2.sh stage1 TASK [TASK ...]     # seed 0: CE (re-run or reused, below) and the stage-1 arms
+#   bash benchmarks/study2.sh stage2 TASK [TASK ...]     # seeds 1, 2 of the two first arms of stage 1's order
 #   bash benchmarks/study2.sh reproduce TASK             # CE seed 0 again, into docs/results/study2/reproduction
 #   bash benchmarks/study2.sh report TASK [TASK ...]     # redraw docs/results/study2/TASK.md from committed results
 #   options: --workers N (default 2; one thread each)
@@ -21,7 +22,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source benchmarks/_study_common.sh
 
-usage="usage: bash benchmarks/study2.sh priors|stage1|reproduce|report TASK [TASK ...] [--workers N]"
+usage="usage: bash benchmarks/study2.sh priors|stage1|stage2|reproduce|report TASK [TASK ...] [--workers N]"
 mode=${1:-} tasks=() workers=2
 shift || true
 while [[ $# -gt 0 ]]; do
@@ -81,6 +82,15 @@ stage1_arms() {  # the arms of stage 1 registered in docs/results.md, in the arr
     fi
 }
 
+stage2_arms() {  # the arms of stage 2 in `arms`: the two first of stage 1's order among the stage-1 arms, from the
+    local task=$1 specs spec  # committed seed-0 results (benchmarks/stage2_arms.py); fails while stage 1 is unfinished
+    [[ -f $(prior_of "$task") ]] || { echo "$task: no prior table ($(prior_of "$task")): finish stage 1 first" >&2; return 2; }
+    stage1_arms "$task"
+    specs=$(.venv/bin/python benchmarks/stage2_arms.py "$results/$task" "${arms[@]}") || return 2
+    arms=()
+    while read -r spec; do arms+=(--arm "$spec"); done <<< "$specs"
+}
+
 reuse_ce() {  # dialogue and code: the first study's CE runs are the baseline (seed 0 checked by `reproduce`)
     local task=$1 seed
     [[ $task == summarization ]] && return
@@ -94,6 +104,7 @@ study_command() {  # the pdl-compare command of one task and mode, in the array 
     local task=$1 steps scoring arms=() out=$results seeds=0
     study_size "$task"
     [[ $mode == stage1 || $mode == report ]] && stage1_arms "$task"
+    [[ $mode == stage2 ]] && { stage2_arms "$task"; seeds=1,2; }
     [[ $mode == reproduce ]] && out=$results/reproduction
     pdl_compare=(.venv/bin/pdl-compare --config "recipes/offline/${task}_lora.yaml" --outdir "outputs/study2/$mode"
                  --results_dir "$out" --report "$out/$task.md" --alphas 0 --seeds "$seeds" --eval_strategy steps
@@ -108,6 +119,12 @@ case "$mode" in
         for task in "${tasks[@]}"; do study_command "$task"; "${pdl_compare[@]}" --report_only || status=$?; done
         exit "$status" ;;
     stage1) for task in "${tasks[@]}"; do reuse_ce "$task"; done ;;
+    stage2)  # CE's seeds 1 and 2: reused for dialogue and code, run beside the arms for summarization
+        for task in "${tasks[@]}"; do
+            reuse_ce "$task"
+            stage2_arms "$task" || exit 2
+            echo "$task, stage 2 (seeds 1, 2): ${arms[*]}"
+        done ;;
     reproduce) ;;
     *) echo "$usage" >&2; exit 2 ;;
 esac

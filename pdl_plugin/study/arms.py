@@ -58,6 +58,14 @@ class Arm:
                 + (", special tokens exempt" if self.exempt else "")
                 + "".join(f", {_NAME_PARTS.get(key, key)} {_value_name(key, value)}" for key, value in self.options))
 
+    @property
+    def spec(self) -> str:
+        """The `--arm` text that gives this arm back (`parse_arm(arm.spec) == arm`), e.g. for a later stage's command."""
+        alpha = f"{self.alpha:g}" if float(f"{self.alpha:g}") == self.alpha else repr(float(self.alpha))
+        parts = [f"alpha={alpha}"] + ([f"warmup_steps={self.warmup_steps}"] if self.warmup_steps else [])
+        parts += ["exempt=true"] if self.exempt else []
+        return ",".join(parts + [f"{key}={value}" for key, value in self.options])
+
     def recipe_options(self) -> list[str]:
         """The recipe overrides of the settings beyond alpha, warm-up and exemption (`--pdl_min_weight 1`, ...)."""
         return [item for key, value in self.options for item in (f"--{ARM_OPTIONS[key]}", value)]

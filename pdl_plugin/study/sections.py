@@ -9,9 +9,9 @@ import math
 import numpy as np
 
 from ..eval import metrics
-from . import rule
+from . import rule, screen
 from .results import arm_label, baseline_name
-from .statistics import PAIRED_METRICS, bucket_ce, flattening, generation_metric, paired_differences
+from .statistics import PAIRED_METRICS, bucket_ce, flattening, paired_differences
 
 # (key in results, column title, higher is better?)
 VALIDATION_COLUMNS = [("ce", "val CE", False), ("pdl", "val PDL", False)]
@@ -170,25 +170,18 @@ def rule_report(runs: dict[str, list[dict]]) -> list[str]:
     baseline = baseline_name(runs)
     if baseline is None:
         return []
-    code = any("parse_rate" in r["generation"].get("greedy", {}) for rs in runs.values() for r in rs)
-    keys = (*rule.output_metrics(code), rule.LIMIT, *rule.SPECIFICITY)
-    rows, screen = [], []
+    code = screen.is_code(runs)
+    keys = screen.rule_keys(code)
+    rows = []
     for name, results in runs.items():
         if name == baseline:
             continue
-        stats_of = lambda seeds: {key: paired_differences(  # noqa: E731
-            {r["seed"]: generation_metric(key)(r) for r in runs[baseline] if r["seed"] in seeds},
-            {r["seed"]: generation_metric(key)(r) for r in results if r["seed"] in seeds}) for key in keys}
         seeds = {r["seed"] for r in results}
-        stats = stats_of(seeds)
-        later = stats_of(seeds - {0}) if len(seeds - {0}) >= 2 else None
+        stats = screen.paired_stats(runs, name, seeds, keys)
+        later = screen.paired_stats(runs, name, seeds - {0}, keys) if len(seeds - {0}) >= 2 else None
         cells = [f"{stats[key]['mean']:+.3f}" if stats[key]["n"] else "-" for key in keys]
         rows.append(f"| {arm_label(results[0])} | {len(stats[keys[0]]['seeds'])} | " + " | ".join(cells)
                     + f" | {rule.verdict(stats, code)} | {rule.verdict(later, code) if later else '-'} |")
-        if all(stats[key]["n"] for key in keys[:-2]) and 0 in seeds:
-            first = stats_of({0})
-            screen.append((rule.screen_key({key: first[key]["mean"] for key in keys if first[key]["n"]}, code),
-                           arm_label(results[0])))
     titles = [_RULE_TITLES[key] for key in keys]
     lines = ["The rule registered before the second study (docs/results.md; `pdl_plugin/study/rule.py`), on the paired "
              "differences arm − CE (greedy replies): **helps** when the replies end no worse (share at the length "
@@ -198,10 +191,11 @@ def rule_report(runs: dict[str, list[dict]]) -> list[str]:
              "is lower, or the share at the limit higher, with an interval that excludes 0.", "",
              "| arm | paired seeds | " + " | ".join(f"{t} − CE" for t in titles) + " | verdict | verdict, seeds other "
              "than 0 |", "|" + "---|" * (len(keys) + 4), *rows, ""]
-    if screen:
-        order = [label for _, label in sorted(screen, key=lambda item: item[0], reverse=True)]
+    order = screen.stage1_order(runs)
+    if order:
         lines += ["Stage 1 order on seed 0 (arms whose outputs hold and whose replies end first, then by the summed "
-                  "output difference, then by rare-token recall): " + "; ".join(order) + ".", ""]
+                  "output difference, then by rare-token recall): "
+                  + "; ".join(arm_label(runs[name][0]) for name in order) + ".", ""]
     return lines
 
 
