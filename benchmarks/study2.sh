@@ -60,6 +60,19 @@ pin_summarization_data() {  # summarization's data from apt's Translation-en ind
     }
 }
 
+# Every arm inherits the recipe's other settings, so a recipe edited after the study began (the item 7 edits
+# them) would change what later arms train with: runs refuse unless the offline recipes and the shared run sizes are
+# those of the study's first runs.
+STUDY_RECIPES_COMMIT=e1f9140
+check_study_recipes() {
+    git diff --quiet "$STUDY_RECIPES_COMMIT" -- recipes/offline benchmarks/_study_common.sh || {
+        echo "recipes/offline or benchmarks/_study_common.sh differ from the study's commit $STUDY_RECIPES_COMMIT" \
+             "(git diff $STUDY_RECIPES_COMMIT -- recipes/offline benchmarks/_study_common.sh): run the study from a" \
+             "clone whose recipes are the study's" >&2
+        exit 2
+    }
+}
+
 prior_of() { echo "$results/priors/$1/model_prior.safetensors"; }
 
 make_prior() {  # the base model's expected count of each token at the trained positions (docs/priors.md); on
@@ -112,6 +125,7 @@ study_command() {  # the pdl-compare command of one task and mode, in the array 
 }
 
 [[ " ${tasks[*]} " == *" summarization "* && $mode != report ]] && pin_summarization_data
+[[ $mode == report ]] || check_study_recipes
 case "$mode" in
     priors) for task in "${tasks[@]}"; do make_prior "$task"; done; exit ;;
     report)
