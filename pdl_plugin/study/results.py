@@ -15,6 +15,8 @@ from .run_results import check_run_results
 from .arms import Arm
 from .plan import BASE_FILE, DONE, RESULTS_FILE, TRAIN_FILE
 
+END_OF_REPLY_FILE = "end_of_reply.json"  # figures measured after the run's evaluation, beside its results
+
 
 def load_runs(task_dir: Path) -> dict[str, list[dict]]:
     """Finished runs of one task, by arm name (arms sorted by alpha, exempt arms after them, warm-up arms last).
@@ -42,6 +44,7 @@ def load_runs(task_dir: Path) -> dict[str, list[dict]]:
                                  "delete the folder to redo the run.") from None
         check_run_results(folder, result, train)
         result["train"] = train
+        _fill_end_of_reply(folder, result)
         _fill_text_metrics(result)
         runs.setdefault(result["arm"], []).append(result)
     check_same_data(runs)
@@ -84,6 +87,21 @@ def check_same_data(runs: dict[str, list[dict]]) -> None:
                     "arms. Keep runs of different data in different results folders (--results_dir), and rerun the "
                     "baseline on the data the other arms use."
                 )
+
+
+def _fill_end_of_reply(folder: Path, result: dict) -> None:
+    """The end-of-reply figures of a run evaluated before they were recorded, measured afterwards and kept beside its
+    results (`end_of_reply.json`, by benchmarks/end_of_reply.py or from a re-run that reproduced the run)."""
+    side = folder / END_OF_REPLY_FILE
+    if "end_of_reply" not in result["validation"] and side.is_file():
+        try:
+            figures = json.loads(side.read_text())
+        except ValueError as err:
+            raise PDLConfigError(f"{side} is not valid JSON ({err}). Restore it, or delete it.") from None
+        if not isinstance(figures, dict):
+            raise PDLConfigError(f"{side} holds a JSON {type(figures).__name__}, not the object of end-of-reply "
+                                 "figures benchmarks/end_of_reply.py writes. Restore it, or delete it.")
+        result["validation"]["end_of_reply"] = figures
 
 
 def _fill_text_metrics(result: dict) -> None:
