@@ -5,7 +5,9 @@ every logged step, and the generated texts; prints each figure's two values and 
     python benchmarks/reproduce_check.py docs/results/study/dialogue/alpha-0/seed-0 \\
         docs/results/study2/reproduction/dialogue/alpha-0/seed-0 [--output FILE.md]
 
-Exit status 1 when a figure differs at 3 decimals (the issue's bar), 0 when all agree.
+Exit status 1 when a figure differs at 3 decimals (the issue's bar), 0 when all agree. With `--keep_end_of_reply`, a
+committed run that predates the end-of-reply record gets the re-run's figures beside it (`end_of_reply.json`, saying
+where they come from), only when every figure agrees: the reports then read them as the run's own.
 """
 
 from __future__ import annotations
@@ -58,11 +60,28 @@ def compare(committed: Path, rerun: Path) -> tuple[list[str], int]:
     return rows, differing
 
 
+def keep_end_of_reply(committed: Path, rerun: Path) -> Path | None:
+    """Write the re-run's end-of-reply figures beside the committed run that lacks them (None when it has them, or
+    the re-run did not record them); the caller has checked that every figure agrees."""
+    side = committed / "end_of_reply.json"
+    recorded = json.loads((committed / "results.json").read_text())["validation"].get("end_of_reply")
+    figures_of_rerun = json.loads((rerun / "results.json").read_text())["validation"].get("end_of_reply")
+    if recorded or side.exists() or not figures_of_rerun:
+        return None
+    source = (f"the end-of-reply figures of {rerun}, a re-run of this run whose every figure agreed with it to 3 "
+              "decimals (benchmarks/reproduce_check.py); this run predates the end-of-reply record and its adapter "
+              "was not kept")
+    side.write_text(json.dumps({"source": source, **figures_of_rerun}, indent=2) + "\n")
+    return side
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("committed", type=Path)
     parser.add_argument("rerun", type=Path)
     parser.add_argument("--output", type=Path, default=None, help="also write the table to this markdown file")
+    parser.add_argument("--keep_end_of_reply", action="store_true",
+                        help="when every figure agrees, keep the re-run's end-of-reply figures beside the committed run")
     options = parser.parse_args(argv)
     rows, differing = compare(options.committed, options.rerun)
     steps = sum(1 for n in figures(options.committed) if n.startswith("step "))
@@ -75,6 +94,11 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     if options.output:
         options.output.write_text(text)
+    if options.keep_end_of_reply and not differing:
+        kept = keep_end_of_reply(options.committed, options.rerun)
+        print(f"end-of-reply figures kept in {kept}" if kept else "end-of-reply figures: nothing to keep")
+    elif options.keep_end_of_reply:
+        print("end-of-reply figures not kept: the re-run does not reproduce the committed run")
     return 1 if differing else 0
 
 

@@ -6,9 +6,12 @@
 #   bash benchmarks/study2.sh priors TASK [TASK ...]     # the base model's prior of each task (docs/results/study2/priors)
 #   bash benchmarks/study2.sh stage1 TASK [TASK ...]     # seed 0: CE (re-run or reused, below) and the stage-1 arms
 #   bash benchmarks/study2.sh stage2 TASK [TASK ...]     # seeds 1, 2 of the two first arms of stage 1's order
-#   bash benchmarks/study2.sh reproduce TASK             # CE seed 0 again, into docs/results/study2/reproduction
+#   bash benchmarks/study2.sh reproduce TASK [--seeds S] # CE seed 0 (or S, e.g. 1,2) again, into .../reproduction
 #   bash benchmarks/study2.sh report TASK [TASK ...]     # redraw docs/results/study2/TASK.md from committed results
-#   options: --workers N (default 2; one thread each)
+#   options: --workers N (default 2; one thread each); --seeds S (reproduce only; default 0)
+# A reproduced CE run lends its end-of-reply figures to the committed run that predates them:
+#   python benchmarks/reproduce_check.py docs/results/study2/TASK/alpha-0/seed-S \
+#       docs/results/study2/reproduction/TASK/alpha-0/seed-S --keep_end_of_reply
 #
 # Run it from a clone pinned at one commit (git clone -q REPO study2 && cd study2 && git checkout COMMIT && bash
 # scripts/setup.sh), never from a working tree being edited: bash reads a script while it runs.
@@ -22,13 +25,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source benchmarks/_study_common.sh
 
-usage="usage: bash benchmarks/study2.sh priors|stage1|stage2|reproduce|report TASK [TASK ...] [--workers N]"
-mode=${1:-} tasks=() workers=2
+usage="usage: bash benchmarks/study2.sh priors|stage1|stage2|reproduce|report TASK [TASK ...] [--workers N] [--seeds S]"
+mode=${1:-} tasks=() workers=2 reproduce_seeds=0
 shift || true
 while [[ $# -gt 0 ]]; do
     case "$1" in
         dialogue|code|summarization) tasks+=("$1") ;;
         --workers) workers=$2; shift ;;
+        --seeds) reproduce_seeds=$2; shift ;;
         *) echo "unknown argument '$1'; $usage" >&2; exit 2 ;;
     esac
     shift
@@ -109,7 +113,10 @@ reuse_ce() {  # dialogue and code: the first study's CE runs are the baseline (s
     [[ $task == summarization ]] && return
     for seed in 0 1 2; do
         local from=docs/results/study/$task/alpha-0/seed-$seed to=$results/$task/alpha-0/seed-$seed
-        [[ -d $to ]] || { mkdir -p "$to"; cp "$from"/train.json "$from"/results.json "$to"/; }
+        [[ -d $to ]] && continue
+        mkdir -p "$to"
+        cp "$from"/train.json "$from"/results.json "$to"/
+        if [[ -f $from/end_of_reply.json ]]; then cp "$from"/end_of_reply.json "$to"/; fi  # measured afterwards
     done
 }
 
@@ -118,7 +125,7 @@ study_command() {  # the pdl-compare command of one task and mode, in the array 
     study_size "$task"
     [[ $mode == stage1 || $mode == report ]] && stage1_arms "$task"
     [[ $mode == stage2 ]] && { stage2_arms "$task"; seeds=1,2; }
-    [[ $mode == reproduce ]] && out=$results/reproduction
+    [[ $mode == reproduce ]] && { out=$results/reproduction; seeds=$reproduce_seeds; }
     pdl_compare=(.venv/bin/pdl-compare --config "recipes/offline/${task}_lora.yaml" --outdir "outputs/study2/$mode"
                  --results_dir "$out" --report "$out/$task.md" --alphas 0 --seeds "$seeds" --eval_strategy steps
                  --logging_steps 4 "${steps[@]}" "${scoring[@]}" ${arms[@]+"${arms[@]}"})
