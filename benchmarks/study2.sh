@@ -99,6 +99,7 @@ stage1_arms() {  # the arms of stage 1 registered in docs/results.md, in the arr
     else
         echo "$task: no prior table yet ($(prior_of "$task")), the prior arm is left out: run 'priors $task'" >&2
     fi
+    arms+=(--arm alpha=0.5,exempt=true,min_weight=1,ce_mix=0.5)  # A5, chosen from A1-A4 (docs/results.md says why)
 }
 
 stage2_arms() {  # the arms of stage 2 in `arms`: the two first of stage 1's order among the stage-1 arms, from the
