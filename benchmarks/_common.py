@@ -70,3 +70,20 @@ def machine() -> str:
     except (OSError, StopIteration):
         pass
     return f"{cpu}; {torch.get_num_threads()} torch threads; torch {torch.__version__}"
+
+
+def table_command(description: str, table: Callable, argv: list[str] | None = None) -> None:
+    """The command line of a script that draws a markdown table from committed results (`RESULTS_DIR TASK ...
+    [--output FILE.md]`): print `table(results_dir, tasks)` and, with --output, write it there too."""
+    import argparse
+    from pathlib import Path
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("results_dir", type=Path)
+    parser.add_argument("tasks", nargs="+")
+    parser.add_argument("--output", type=Path, default=None)
+    options = parser.parse_args(argv)
+    text = table(options.results_dir, options.tasks)
+    print(text, end="")
+    if options.output:
+        options.output.write_text(text)

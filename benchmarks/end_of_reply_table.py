@@ -12,7 +12,6 @@ arm's validation CE difference that the end-of-reply positions carry:
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -21,6 +20,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from _common import table_command  # noqa: E402
 
 HEAD = ("| task | arm | CE of the end-of-reply token | its mean probability | CE of the other tokens | share of the "
         "arm − CE validation CE difference due to the end token |\n|---|---|---|---|---|---|")
@@ -102,15 +103,7 @@ def table(results_dir: Path, tasks: list[str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("results_dir", type=Path)
-    parser.add_argument("tasks", nargs="+")
-    parser.add_argument("--output", type=Path, default=None)
-    options = parser.parse_args(argv)
-    text = table(options.results_dir, options.tasks)
-    print(text, end="")
-    if options.output:
-        options.output.write_text(text)
+    table_command(__doc__.split("\n\n")[0], table, argv)
 
 
 if __name__ == "__main__":

@@ -9,14 +9,15 @@ README's "Choosing a setting" carry what this prints; a test keeps them equal to
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from _common import table_command  # noqa: E402
 from pdl_plugin.study import rule  # noqa: E402
 from pdl_plugin.study.arms import Arm  # noqa: E402
 from pdl_plugin.study.results import baseline_name, load_runs  # noqa: E402
@@ -78,15 +79,7 @@ def table(results_dir: Path, tasks: list[str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("results_dir", type=Path)
-    parser.add_argument("tasks", nargs="+")
-    parser.add_argument("--output", type=Path, default=None)
-    options = parser.parse_args(argv)
-    text = table(options.results_dir, options.tasks)
-    print(text, end="")
-    if options.output:
-        options.output.write_text(text)
+    table_command(__doc__.split("\n\n")[0], table, argv)
 
 
 if __name__ == "__main__":
