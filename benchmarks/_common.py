@@ -74,7 +74,8 @@ def machine() -> str:
 
 def table_command(description: str, table: Callable, argv: list[str] | None = None) -> None:
     """The command line of a script that draws a markdown table from committed results (`RESULTS_DIR TASK ...
-    [--output FILE.md]`): print `table(results_dir, tasks)` and, with --output, write it there too."""
+    [--output FILE.md] [--update FILE.md ...]`): print `table(results_dir, tasks)`; with --output, write it there too;
+    with --update, put it in place of the same table in each file (docs/results.md, the README)."""
     import argparse
     from pathlib import Path
 
@@ -82,8 +83,28 @@ def table_command(description: str, table: Callable, argv: list[str] | None = No
     parser.add_argument("results_dir", type=Path)
     parser.add_argument("tasks", nargs="+")
     parser.add_argument("--output", type=Path, default=None)
+    parser.add_argument("--update", type=Path, nargs="+", default=[], metavar="FILE.md",
+                        help="replace the table (from its header line to the end of its rows) in these files")
     options = parser.parse_args(argv)
     text = table(options.results_dir, options.tasks)
+    updated = {path: replace_table(path.read_text(), text, path) for path in options.update}  # all checked first
     print(text, end="")
     if options.output:
         options.output.write_text(text)
+    for path, content in updated.items():
+        path.write_text(content)
+
+
+def replace_table(document: str, table: str, name: object = "the document") -> str:
+    """`document` with its one table whose header is `table`'s first line replaced by `table` (the header, the rule
+    line and every row up to the first line that is not a table row)."""
+    header = table.splitlines()[0]
+    lines = document.splitlines(keepends=True)
+    starts = [i for i, line in enumerate(lines) if line.rstrip("\n") == header]
+    if len(starts) != 1:
+        raise SystemExit(f"{name}: expected one table headed {header[:60]!r}..., found {len(starts)}: put the table "
+                         "in by hand once (the script's output), then --update keeps it drawn")
+    end = starts[0] + 1
+    while end < len(lines) and lines[end].startswith("|"):
+        end += 1
+    return "".join(lines[:starts[0]]) + table + "".join(lines[end:])

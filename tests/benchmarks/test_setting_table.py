@@ -1,11 +1,16 @@
 """benchmarks/setting_table.py: a row's differences and 95% t-intervals worked out by hand on a tiny results folder,
-and the table in docs/results.md is exactly what the script draws from the committed results."""
+and the tables in docs/results.md and the README are exactly what the script draws from the committed results (`--update`
+puts them there)."""
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "benchmarks"))
 _spec = importlib.util.spec_from_file_location("setting_table", ROOT / "benchmarks" / "setting_table.py")
 setting_table = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(setting_table)
@@ -42,6 +47,22 @@ def test_a_row_by_hand(tmp_path):
         "+0.020 [-0.107, +0.147] |  | +0.000 [+0.000, +0.000] | - | neither |")}
 
 
-def test_the_table_in_docs_is_drawn_from_the_committed_results():
+def test_the_tables_in_docs_and_readme_are_drawn_from_the_committed_results():
     drawn = setting_table.table(ROOT / "docs" / "results" / "study2", ["dialogue", "summarization", "code"])
-    assert drawn in (ROOT / "docs" / "results.md").read_text()
+    for document in (ROOT / "docs" / "results.md", ROOT / "README.md"):
+        assert drawn in document.read_text(), f"redraw it: python benchmarks/setting_table.py ... --update {document}"
+
+
+def test_update_replaces_exactly_the_drawn_table_and_refuses_an_ambiguous_file(tmp_path):
+    from _common import replace_table
+
+    old = setting_table.HEAD + "\n| A | toy | 0 | +0.1 |\n| B | toy | 0 | +0.2 |\n"
+    document = tmp_path / "doc.md"
+    document.write_text("# title\n\ntext before\n" + old + "\ntext after\n| another | table |\n")
+    new = setting_table.HEAD + "\n| A | toy | 0, 1 | +0.3 [-0.1, +0.7] |\n"
+    assert replace_table(document.read_text(), new) == (
+        "# title\n\ntext before\n" + new + "\ntext after\n| another | table |\n")
+    with pytest.raises(SystemExit, match="found 2"):  # two copies: which one is meant is unknowable
+        replace_table(old + "\n" + old, new)
+    with pytest.raises(SystemExit, match="found 0"):
+        replace_table("# nothing drawn here yet\n", new)

@@ -455,3 +455,39 @@ def test_pdl_compare_refuses_bad_input_with_one_line(tmp_path, capsys, extra, me
     assert exit_info.value.code == 2
     err = " ".join(capsys.readouterr().err.split())
     assert message in err and "Traceback" not in err
+
+
+def _readme_screen_command() -> list[str]:
+    """The `pdl-compare` screen in the README's "Choosing a setting", as the shell would split it."""
+    import shlex
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme[readme.index("## Choosing a setting"):]
+    block = section[section.index("```bash\n") + len("```bash\n"):]
+    return shlex.split(block[:block.index("```")].replace("\\\n", " "))
+
+
+def test_the_readme_screen_runs_the_second_studys_five_settings_against_ce(tmp_path, monkeypatch):
+    """The command a user copies parses, passes every check made before the first run, and plans CE and the five
+    settings the study ran (same arm names as docs/results/study2, seed 0), with the recipe's overrides."""
+    import shutil
+
+    import pdl_plugin.study.runner as runner
+
+    command = _readme_screen_command()
+    assert command[0] == "pdl-compare"
+    prior = tmp_path / "outputs" / "model_prior.safetensors"  # pdl-freq --model-prior's output, as the README says
+    prior.parent.mkdir()
+    shutil.copy(Path(__file__).resolve().parents[2] / "docs/results/study2/priors/dialogue/model_prior.safetensors",
+                prior)
+    recipe = _recipe(tmp_path)
+    argv = [item.replace("my_recipe.yaml", recipe) for item in command[1:]]
+    monkeypatch.chdir(tmp_path)  # outputs/, screen/ relative to where the user runs it
+    planned = {}
+    monkeypatch.setattr(runner, "run_study", lambda study, *args, **kwargs: planned.setdefault("study", study).report)
+    compare(argv)
+    study = planned["study"]
+    studied = {path.name for path in (Path(__file__).resolve().parents[2] / "docs/results/study2/dialogue").iterdir()}
+    assert [arm.name for arm in study.arms][0] == "alpha-0" and study.seeds == [0]
+    assert {arm.name for arm in study.arms} == studied | {"alpha-0.5-exempt-min_weight-1-ce_mix-0.5"}
+    assert "--max_steps" in study.overrides and study.results_dir == Path("screen/results")
