@@ -4,7 +4,8 @@ validation CE, to the CE of the tokens seen 1-2 times in training, to the output
 length limit and to the end-of-reply probability, with the pre-registered rule's verdict. docs/results.md and the
 README's "Choosing a setting" carry what this prints; a test keeps them equal to it.
 
-    python benchmarks/setting_table.py docs/results/study2 dialogue summarization code [--update docs/results.md README.md]
+    python benchmarks/setting_table.py docs/results/study2 dialogue summarization code \
+        [--update docs/results.md README.md]
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """benchmarks/setting_table.py: a row's differences and 95% t-intervals worked out by hand on a tiny results folder,
-and the tables in docs/results.md and the README are exactly what the script draws from the committed results (`--update`
-puts them there)."""
+and the tables in docs/results.md and the README are exactly what the script draws from the committed results
+(`--update` puts them there)."""
 
 import importlib.util
 import json
