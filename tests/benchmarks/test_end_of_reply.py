@@ -1,16 +1,12 @@
 """benchmarks/end_of_reply.py: the end-of-reply positions and their summary, against hand-computed values."""
 
-import importlib.util
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import load_benchmark
 
-_spec = importlib.util.spec_from_file_location(
-    "end_of_reply", Path(__file__).resolve().parents[2] / "benchmarks" / "end_of_reply.py")
-end_of_reply = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(end_of_reply)
+end_of_reply = load_benchmark("end_of_reply")
 
 
 def test_summary_by_hand():

@@ -1,14 +1,13 @@
 """benchmarks/end_of_reply_table.py: the share column by hand on a tiny results folder, and docs/results.md's table
 is exactly what the script draws from the committed data (so the table cannot drift from its data again)."""
 
-import importlib.util
 import json
 from pathlib import Path
 
+from conftest import load_benchmark
+
 ROOT = Path(__file__).resolve().parents[2]
-_spec = importlib.util.spec_from_file_location("end_of_reply_table", ROOT / "benchmarks" / "end_of_reply_table.py")
-end_of_reply_table = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(end_of_reply_table)
+end_of_reply_table = load_benchmark("end_of_reply_table")
 
 
 def _run(root: Path, arm: str, alpha: float, seed: int, val_ce: float, end_ce: float, in_results: bool) -> None:

@@ -1,13 +1,11 @@
 """benchmarks/reproduce_check.py: a re-run agrees with a committed run when every figure agrees to 3 decimals."""
 
-import importlib.util
 import json
 from pathlib import Path
 
-_spec = importlib.util.spec_from_file_location(
-    "reproduce_check", Path(__file__).resolve().parents[2] / "benchmarks" / "reproduce_check.py")
-reproduce_check = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(reproduce_check)
+from conftest import load_benchmark
+
+reproduce_check = load_benchmark("reproduce_check")
 
 
 def _run(folder: Path, ce: float, step_loss: float, text: str) -> Path:

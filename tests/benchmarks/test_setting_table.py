@@ -2,18 +2,14 @@
 and the tables in docs/results.md and the README are exactly what the script draws from the committed results
 (`--update` puts them there)."""
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import load_benchmark
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-_spec = importlib.util.spec_from_file_location("setting_table", ROOT / "benchmarks" / "setting_table.py")
-setting_table = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(setting_table)
+setting_table = load_benchmark("setting_table")
 
 
 def _store(root: Path, arm: str, alpha: float, seed: int, ce: float, rare_ce: float, rouge: float) -> None:
@@ -54,7 +50,7 @@ def test_the_tables_in_docs_and_readme_are_drawn_from_the_committed_results():
 
 
 def test_update_replaces_exactly_the_drawn_table_and_refuses_an_ambiguous_file(tmp_path):
-    from _common import replace_table
+    replace_table = load_benchmark("_common").replace_table
 
     old = setting_table.HEAD + "\n| A | toy | 0 | +0.1 |\n| B | toy | 0 | +0.2 |\n"
     document = tmp_path / "doc.md"

@@ -1,14 +1,12 @@
 """benchmarks/stage2_arms.py: the two first arms of stage 1's order go on to stage 2, and it refuses while a stage-1
 arm has no seed-0 results."""
 
-import importlib.util
 import json
 from pathlib import Path
 
-_spec = importlib.util.spec_from_file_location(
-    "stage2_arms", Path(__file__).resolve().parents[2] / "benchmarks" / "stage2_arms.py")
-stage2_arms = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(stage2_arms)
+from conftest import load_benchmark
+
+stage2_arms = load_benchmark("stage2_arms")
 
 ARMS = ["alpha=0.25,exempt=true", "alpha=0.5,exempt=true,min_weight=1", "alpha=0.5,exempt=true,ce_mix=0.5"]
 

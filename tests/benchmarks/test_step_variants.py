@@ -2,14 +2,13 @@
 table, the prior table the `prior` option reads, and the benchmark's own step on a PDL trainer with each option (a
 tiny model: the real benchmark runs SmolLM2-135M and takes minutes)."""
 
-import importlib.util
 import math
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import PROMPT_COMPLETION, cpu_args
+from conftest import PROMPT_COMPLETION, cpu_args, load_benchmark
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
@@ -113,9 +112,7 @@ def test_benchmark_step_runs_every_option(tmp_path, tokenizer, tiny_model, optio
 
     from pdl_plugin import PDLSFTTrainer
 
-    spec = importlib.util.spec_from_file_location("bench_train_step", BENCHMARKS / "train_step.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("train_step")
     options = {} if option is None else _variants.option_settings(option, tmp_path)
     if option == "prior":
         text = " ".join(PROMPT_COMPLETION["prompt"] + PROMPT_COMPLETION["completion"])

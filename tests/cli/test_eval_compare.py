@@ -488,6 +488,6 @@ def test_the_readme_screen_runs_the_second_studys_five_settings_against_ce(tmp_p
     compare(argv)
     study = planned["study"]
     studied = {path.name for path in (Path(__file__).resolve().parents[2] / "docs/results/study2/dialogue").iterdir()}
-    assert [arm.name for arm in study.arms][0] == "alpha-0" and study.seeds == [0]
+    assert study.arms[0].name == "alpha-0" and study.seeds == [0]
     assert {arm.name for arm in study.arms} == studied | {"alpha-0.5-exempt-min_weight-1-ce_mix-0.5"}
     assert "--max_steps" in study.overrides and study.results_dir == Path("screen/results")
