@@ -39,6 +39,8 @@ class Judged:
     verdict: str  # rule.verdict: helps, harms or neither
     output: float  # summed mean output difference arm − CE (larger is better)
     rare_gain: bool  # CE of the tokens seen 1-2 times below CE's, interval excluding 0
+    better_outputs: bool = False  # an output metric above CE's with an interval that excludes 0 (else, when it
+    # helps, it helps by specificity: rare-token recall or self-information up, outputs held)
 
 
 @dataclass(frozen=True)
@@ -68,8 +70,9 @@ def judge_task(task: str, runs: dict[str, list[dict]]) -> list[Judged]:
         rare = paired_differences({r["seed"]: bucket_ce(RARE_BUCKET)(r) for r in runs[baseline] if r["seed"] in seeds},
                                   {r["seed"]: bucket_ce(RARE_BUCKET)(r) for r in results if r["seed"] in seeds})
         output = sum(stats[key]["mean"] for key in rule.output_metrics(code))
+        better = any(stats[key]["low"] > 0 for key in rule.output_metrics(code))
         judged.append(Judged(name, task, tuple(sorted(seeds)), verdict, output,
-                             rare["n"] >= 2 and not math.isnan(rare["high"]) and rare["high"] < 0))
+                             rare["n"] >= 2 and not math.isnan(rare["high"]) and rare["high"] < 0, better))
     return judged
 
 
@@ -78,7 +81,8 @@ def recipe_choice(judged: list[Judged]) -> Choice:
     helping = [j for j in judged if j.verdict == "helps"]
     if helping:
         best = max(helping, key=lambda j: j.output)
-        return Choice(best.arm, f"helps (output {best.output:+.3f} over seeds {_seeds(best)})")
+        how = "better outputs" if best.better_outputs else "more specific replies, outputs held"
+        return Choice(best.arm, f"helps: {how} (output {best.output:+.3f} over seeds {_seeds(best)})")
     holding = [j for j in judged if j.verdict == "neither" and j.rare_gain]
     if holding:
         best = max(holding, key=lambda j: j.output)

@@ -40,6 +40,7 @@ def test_a_recipe_takes_the_arm_that_helps_most():
     assert {j.arm: j.verdict for j in judged} == {"small": "helps", "large": "helps", "tie": "neither"}
     choice = recipe_choice(judged)
     assert choice.arm == "large" and not choice.warning
+    assert choice.reason == "helps: better outputs (output +0.025 over seeds 0, 1, 2)"
 
 
 def test_without_help_a_recipe_takes_the_least_loss_among_arms_that_keep_the_rare_gain():
@@ -89,3 +90,12 @@ def test_without_help_the_default_keeps_the_gain_everywhere_with_the_least_mean_
     partial = {"one": by_task["one"], "two": judge_task("two", _task(v=([0.0, 0.001, -0.001], GAIN)))}
     undecided = default_choice(partial)
     assert undecided.arm is None and undecided.reason.startswith("undecided")
+
+
+def test_an_arm_that_helps_by_specificity_says_so():
+    runs = _task(specific=([0.000, 0.001, -0.001], GAIN))
+    for seed, run in enumerate(runs["specific"]):  # rare-token recall up on every seed, outputs held
+        run["generation"]["greedy"]["rare_token_recall"] += [0.04, 0.05, 0.045][seed]
+    choice = recipe_choice(judge_task("toy", runs))
+    assert (choice.arm, choice.reason) == ("specific", "helps: more specific replies, outputs held (output +0.000 "
+                                                       "over seeds 0, 1, 2)")
