@@ -2,7 +2,7 @@
 
 Each run's end-of-reply figures come from its `results.json` (`validation.end_of_reply`, recorded by every evaluation
 since 2026-12-07) or, for the first study's runs measured afterwards on their adapters, from `end_of_reply.json` in
-the run's folder; validation CE and its token count always from `results.json`. Per task, arms are grouped by the
+the run's folder (`pdl_plugin.study.results.end_of_reply_figures`, as the reports read them); validation CE and its token count always from `results.json`. Per task, arms are grouped by the
 seeds measured; each arm's row gives the means over those seeds and, against CE on the same seeds, the share of the
 arm's validation CE difference that the end-of-reply positions carry:
 `rows x (end CE of the arm - end CE of CE) / validation tokens`, over `val CE of the arm - val CE of CE`.
@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from _common import table_command  # noqa: E402
+from pdl_plugin.study.results import end_of_reply_figures  # noqa: E402
 
 HEAD = ("| task | arm | CE of the end-of-reply token | its mean probability | CE of the other tokens | share of the "
         "arm − CE validation CE difference due to the end token |\n|---|---|---|---|---|---|")
@@ -32,8 +33,7 @@ def end_of_reply_runs(task_dir: Path) -> dict[str, dict[int, dict]]:
     runs: dict[str, dict[int, dict]] = {}
     for results_file in sorted(Path(task_dir).glob("*/seed-*/results.json")):
         result = json.loads(results_file.read_text())
-        side = results_file.parent / "end_of_reply.json"
-        ends = json.loads(side.read_text()) if side.is_file() else result["validation"].get("end_of_reply")
+        ends = end_of_reply_figures(results_file.parent, result)
         if not ends:
             continue
         runs.setdefault(result["arm"], {})[result["seed"]] = {

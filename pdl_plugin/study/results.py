@@ -90,18 +90,29 @@ def check_same_data(runs: dict[str, list[dict]]) -> None:
 
 
 def _fill_end_of_reply(folder: Path, result: dict) -> None:
-    """The end-of-reply figures of a run evaluated before they were recorded, measured afterwards and kept beside its
-    results (`end_of_reply.json`, by benchmarks/end_of_reply.py or from a re-run that reproduced the run)."""
-    side = folder / END_OF_REPLY_FILE
-    if "end_of_reply" not in result["validation"] and side.is_file():
-        try:
-            figures = json.loads(side.read_text())
-        except ValueError as err:
-            raise PDLConfigError(f"{side} is not valid JSON ({err}). Restore it, or delete it.") from None
-        if not isinstance(figures, dict):
-            raise PDLConfigError(f"{side} holds a JSON {type(figures).__name__}, not the object of end-of-reply "
-                                 "figures benchmarks/end_of_reply.py writes. Restore it, or delete it.")
+    """The run's end-of-reply figures into its results, where they were measured afterwards (`end_of_reply_figures`)."""
+    figures = end_of_reply_figures(folder, result)
+    if figures is not None:
         result["validation"]["end_of_reply"] = figures
+
+
+def end_of_reply_figures(folder: Path, result: dict) -> dict | None:
+    """A run's end-of-reply figures: its own record, else, for a run evaluated before they were recorded, those
+    measured afterwards and kept beside its results (`end_of_reply.json`, by benchmarks/end_of_reply.py or from a
+    re-run that reproduced the run); None when neither has them."""
+    if "end_of_reply" in result["validation"]:
+        return result["validation"]["end_of_reply"]
+    side = Path(folder) / END_OF_REPLY_FILE
+    if not side.is_file():
+        return None
+    try:
+        figures = json.loads(side.read_text())
+    except ValueError as err:
+        raise PDLConfigError(f"{side} is not valid JSON ({err}). Restore it, or delete it.") from None
+    if not isinstance(figures, dict):
+        raise PDLConfigError(f"{side} holds a JSON {type(figures).__name__}, not the object of end-of-reply "
+                             "figures benchmarks/end_of_reply.py writes. Restore it, or delete it.")
+    return figures
 
 
 def _fill_text_metrics(result: dict) -> None:
