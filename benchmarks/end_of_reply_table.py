@@ -2,10 +2,11 @@
 
 Each run's end-of-reply figures come from its `results.json` (`validation.end_of_reply`, recorded by every evaluation
 since 2026-12-07) or, for the first study's runs measured afterwards on their adapters, from `end_of_reply.json` in
-the run's folder (`pdl_plugin.study.results.end_of_reply_figures`, as the reports read them); validation CE and its token count always from `results.json`. Per task, arms are grouped by the
-seeds measured; each arm's row gives the means over those seeds and, against CE on the same seeds, the share of the
-arm's validation CE difference that the end-of-reply positions carry:
-`rows x (end CE of the arm - end CE of CE) / validation tokens`, over `val CE of the arm - val CE of CE`.
+the run's folder (`pdl_plugin.study.results.end_of_reply_figures`, as the reports read them); validation CE and its
+token count always from `results.json`. Per task, arms are grouped by the seeds measured; each arm's row gives the
+means over those seeds and, against CE on the same seeds, the share of the arm's validation CE difference that the
+end-of-reply positions carry: `rows x (end CE of the arm - end CE of CE) / validation tokens`, over `val CE of the arm
+- val CE of CE`.
 
     python benchmarks/end_of_reply_table.py docs/results/study summarization code [--output FILE.md]
 """
