@@ -4,6 +4,9 @@ committed seed-0 results. Prints one `--arm` text per line, best first, for `ben
 
     python benchmarks/stage2_arms.py docs/results/study2/dialogue --arm alpha=0.25,exempt=true --arm ...
 
+With `--third OTHER_TASK_DIR ...` (the other tasks' results), it prints instead the arms that stage 2 takes on every
+other task but not on this one: they get seeds 1 and 2 here too, so that the default is chosen among arms judged on
+every task (docs/results.md, "How that rule is applied"). Arms are matched by name across tasks.
 Exit status 2, naming them, when a stage-1 arm or CE has no finished seed-0 run there yet.
 """
 
@@ -32,14 +35,25 @@ def stage2_arms(task_dir: Path, arms: list[Arm], count: int) -> list[Arm]:
     return [Arm.of(runs[name][0]) for name in chosen]
 
 
+def third_task_arms(task_dir: Path, others: list[Path], arms: list[Arm], count: int) -> list[Arm]:
+    """The arms (of `arms`, in their order) that stage 2 takes on every task of `others` and not on `task_dir`'s."""
+    here = {arm.name for arm in stage2_arms(task_dir, arms, count)}
+    elsewhere = [{arm.name for arm in stage2_arms(other, arms, count)} for other in others]
+    return [arm for arm in arms if arm.name not in here and all(arm.name in names for names in elsewhere)]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("task_dir", type=Path, help="the task's results folder, e.g. docs/results/study2/dialogue")
     parser.add_argument("--arm", action="append", required=True, help="a stage-1 arm, as given to pdl-compare")
     parser.add_argument("--count", type=int, default=2, help="how many arms go on (the plan says 2)")
+    parser.add_argument("--third", type=Path, nargs="+", default=None, metavar="OTHER_TASK_DIR",
+                        help="print the arms stage 2 takes on all of these tasks but not on this one")
     args = parser.parse_args(argv)
     try:
-        arms = stage2_arms(args.task_dir, [parse_arm(text) for text in args.arm], args.count)
+        arms = [parse_arm(text) for text in args.arm]
+        arms = (third_task_arms(args.task_dir, args.third, arms, args.count) if args.third
+                else stage2_arms(args.task_dir, arms, args.count))
     except PDLConfigError as err:
         print(f"stage2_arms: {err}", file=sys.stderr)
         return 2

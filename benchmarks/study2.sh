@@ -6,6 +6,7 @@
 #   bash benchmarks/study2.sh priors TASK [TASK ...]     # the base model's prior of each task (docs/results/study2/priors)
 #   bash benchmarks/study2.sh stage1 TASK [TASK ...]     # seed 0: CE (re-run or reused, below) and the stage-1 arms
 #   bash benchmarks/study2.sh stage2 TASK [TASK ...]     # seeds 1, 2 of the two first arms of stage 1's order
+#   bash benchmarks/study2.sh third TASK [TASK ...]      # seeds 1, 2 of the arms stage 2 takes on both other tasks
 #   bash benchmarks/study2.sh reproduce TASK [--seeds S] # CE seed 0 (or S, e.g. 1,2) again, into .../reproduction
 #   bash benchmarks/study2.sh report TASK [TASK ...]     # redraw docs/results/study2/TASK.md from committed results
 #   options: --workers N (default 2; one thread each); --seeds S (reproduce only; default 0)
@@ -25,7 +26,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source benchmarks/_study_common.sh
 
-usage="usage: bash benchmarks/study2.sh priors|stage1|stage2|reproduce|report TASK [TASK ...] [--workers N] [--seeds S]"
+usage="usage: bash benchmarks/study2.sh priors|stage1|stage2|third|reproduce|report TASK [TASK ...] [--workers N] [--seeds S]"
 mode=${1:-} tasks=() workers=2 reproduce_seeds=0
 shift || true
 while [[ $# -gt 0 ]]; do
@@ -111,6 +112,15 @@ stage2_arms() {  # the arms of stage 2 in `arms`: the two first of stage 1's ord
     while read -r spec; do arms+=(--arm "$spec"); done <<< "$specs"
 }
 
+third_arms() {  # the arms that stage 2 takes on both other tasks and not on this one, in `arms`: they get seeds 1
+    local task=$1 specs spec others=() other  # and 2 here too, so that the default is chosen among arms judged on
+    for other in dialogue summarization code; do [[ $other == "$task" ]] || others+=("$results/$other"); done
+    stage1_arms "$task"  # every task (docs/results.md, "How that rule is applied", registered before stage 2)
+    specs=$(.venv/bin/python benchmarks/stage2_arms.py "$results/$task" "${arms[@]}" --third "${others[@]}") || return 2
+    arms=()
+    while read -r spec; do [[ -n $spec ]] && arms+=(--arm "$spec"); done <<< "$specs"
+}
+
 reuse_ce() {  # dialogue and code: the first study's CE runs are the baseline (seed 0 checked by `reproduce`)
     local task=$1 seed
     [[ $task == summarization ]] && return
@@ -128,6 +138,7 @@ study_command() {  # the pdl-compare command of one task and mode, in the array 
     study_size "$task"
     [[ $mode == stage1 || $mode == report ]] && stage1_arms "$task"
     [[ $mode == stage2 ]] && { stage2_arms "$task"; seeds=1,2; }
+    [[ $mode == third ]] && { third_arms "$task"; seeds=1,2; }
     [[ $mode == reproduce ]] && { out=$results/reproduction; seeds=$reproduce_seeds; }
     pdl_compare=(.venv/bin/pdl-compare --config "recipes/offline/${task}_lora.yaml" --outdir "outputs/study2/$mode"
                  --results_dir "$out" --report "$out/$task.md" --alphas 0 --seeds "$seeds" --eval_strategy steps
@@ -148,6 +159,12 @@ case "$mode" in
             reuse_ce "$task"
             stage2_arms "$task" || exit 2
             echo "$task, stage 2 (seeds 1, 2): ${arms[*]}"
+        done ;;
+    third)  # as stage 2, with the arms of the other tasks' stage 2 that this task's lacks
+        for task in "${tasks[@]}"; do
+            reuse_ce "$task"
+            third_arms "$task" || exit 2
+            echo "$task, seeds 1, 2 of the arms stage 2 judges on both other tasks: ${arms[*]:-none}"
         done ;;
     reproduce) ;;
     *) echo "$usage" >&2; exit 2 ;;

@@ -43,3 +43,19 @@ def test_refuses_while_stage_one_is_unfinished(tmp_path, capsys):
     assert stage2_arms.main([str(tmp_path), *(f"--arm={text}" for text in ARMS)]) == 2
     err = capsys.readouterr().err
     assert "stage 1 is not finished" in err and ARMS[1] in err and ARMS[2] in err and "alpha=0.25" not in err
+
+
+def test_an_arm_that_goes_on_in_every_other_task_gets_seeds_here_too(tmp_path, capsys):
+    ce, a1, a2, a3 = (stage2_arms.parse_arm(text) for text in ["alpha=0", *ARMS])
+    rouge_by_task = {"one": (0.190, 0.199, 0.198), "two": (0.199, 0.198, 0.190), "three": (0.199, 0.190, 0.198)}
+    for task, rouges in rouge_by_task.items():
+        _store(tmp_path / task, ce, 0, 0.200, 0.05, 0.03)
+        for arm, rouge in zip((a1, a2, a3), rouges):
+            _store(tmp_path / task, arm, 0, rouge, 0.05, 0.03)
+    # stage 2 takes a2, a3 on "one"; a1, a2 on "two"; a1, a3 on "three": each arm goes on in two tasks
+    third = [str(tmp_path / "two"), str(tmp_path / "three")]
+    assert stage2_arms.main([str(tmp_path / "one"), *(f"--arm={text}" for text in ARMS), "--third", *third]) == 0
+    assert capsys.readouterr().out.split() == [ARMS[0]]  # a1: on both others, not here
+    assert stage2_arms.main([str(tmp_path / "two"), *(f"--arm={text}" for text in ARMS), "--third",
+                             str(tmp_path / "one"), str(tmp_path / "three")]) == 0
+    assert capsys.readouterr().out.split() == [ARMS[2]]  # a3
