@@ -104,21 +104,19 @@ stage1_arms() {  # the arms of stage 1 registered in docs/results.md, in the arr
 }
 
 stage2_arms() {  # the arms of stage 2 in `arms`: the two first of stage 1's order among the stage-1 arms, from the
-    local task=$1 specs spec  # committed seed-0 results (benchmarks/stage2_arms.py); fails while stage 1 is unfinished
+    local task=$1 specs spec  # committed seed-0 results (benchmarks/stage2_arms.py); fails while stage 1 is unfinished;
+    shift                     # further arguments go to stage2_arms.py (`--third OTHER_TASK_DIR ...`)
     [[ -f $(prior_of "$task") ]] || { echo "$task: no prior table ($(prior_of "$task")): finish stage 1 first" >&2; return 2; }
     stage1_arms "$task"
-    specs=$(.venv/bin/python benchmarks/stage2_arms.py "$results/$task" "${arms[@]}") || return 2
+    specs=$(.venv/bin/python benchmarks/stage2_arms.py "$results/$task" "${arms[@]}" "$@") || return 2
     arms=()
-    while read -r spec; do arms+=(--arm "$spec"); done <<< "$specs"
+    while read -r spec; do [[ -n $spec ]] && arms+=(--arm "$spec"); done <<< "$specs"
 }
 
 third_arms() {  # the arms that stage 2 takes on both other tasks and not on this one, in `arms`: they get seeds 1
-    local task=$1 specs spec others=() other  # and 2 here too, so that the default is chosen among arms judged on
+    local task=$1 others=() other  # and 2 here too, so that the default is chosen among arms judged on every task
     for other in dialogue summarization code; do [[ $other == "$task" ]] || others+=("$results/$other"); done
-    stage1_arms "$task"  # every task (docs/results.md, "How that rule is applied", registered before stage 2)
-    specs=$(.venv/bin/python benchmarks/stage2_arms.py "$results/$task" "${arms[@]}" --third "${others[@]}") || return 2
-    arms=()
-    while read -r spec; do [[ -n $spec ]] && arms+=(--arm "$spec"); done <<< "$specs"
+    stage2_arms "$task" --third "${others[@]}"  # (docs/results.md, "How that rule is applied", before stage 2)
 }
 
 reuse_ce() {  # dialogue and code: the first study's CE runs are the baseline (seed 0 checked by `reproduce`)

@@ -32,6 +32,13 @@ def new_runs(task_dir: Path) -> list[tuple[dict, dict]]:
     return runs
 
 
+def _hours(runs: list[tuple[dict, dict]]) -> str:
+    """The runs' training and final-evaluation CPU hours, as two table cells."""
+    training = sum(train["cpu_s"] for train, _ in runs) / 3600
+    evaluation = sum(results["time"]["cpu_s"] for _, results in runs) / 3600
+    return f"{training:.2f} | {evaluation:.2f}"
+
+
 def _row(label: str, runs: list[tuple[dict, dict]]) -> str:
     def spread(values) -> str:
         low, high = min(values), max(values)
@@ -39,9 +46,7 @@ def _row(label: str, runs: list[tuple[dict, dict]]) -> str:
 
     steps = spread([train["global_step"] for train, _ in runs])
     examples = spread([train["examples_seen"] for train, _ in runs])
-    training = sum(train["cpu_s"] for train, _ in runs) / 3600
-    evaluation = sum(results["time"]["cpu_s"] for _, results in runs) / 3600
-    return f"| {label} | {len(runs)} | {steps} | {examples} | {training:.2f} | {evaluation:.2f} |"
+    return f"| {label} | {len(runs)} | {steps} | {examples} | {_hours(runs)} |"
 
 
 def table(results_dir: Path, tasks: list[str]) -> str:
@@ -55,9 +60,7 @@ def table(results_dir: Path, tasks: list[str]) -> str:
                 rows.append(_row(label, runs))
                 every += runs
     if every:
-        training = sum(train["cpu_s"] for train, _ in every) / 3600
-        evaluation = sum(results["time"]["cpu_s"] for _, results in every) / 3600
-        rows.append(f"| all | {len(every)} | | | {training:.2f} | {evaluation:.2f} |")
+        rows.append(f"| all | {len(every)} | | | {_hours(every)} |")
     return HEAD + "\n" + "\n".join(rows) + "\n"
 
 
