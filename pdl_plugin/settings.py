@@ -67,7 +67,8 @@ class PDLSettings:
             "help": "Optional floor on a token's weight, as a multiple of the same mean weight pdl_max_weight uses "
             "(count-weighted over the trained tokens). With 1, no trained token counts for less than the average "
             "trained token and only rare tokens are boosted: the bounded form of token-level adaptive training (Gu "
-            "et al., 2020). Applied before the special-token exemption and the 'token' rescaling. Default: no floor."
+            "et al., 2020). Applied before the special-token exemption and the 'token' rescaling. 0 means no floor. "
+            "Default: no floor."
         },
     )
     pdl_ce_mix: float = field(
@@ -196,7 +197,7 @@ def validate_values(values: Mapping[str, Any]) -> dict[str, Any]:
     out["pdl_epsilon"] = as_number("pdl_epsilon", values["pdl_epsilon"])
     check_alpha_epsilon(out["pdl_alpha"], out["pdl_epsilon"])
     out["pdl_max_weight"] = _optional_multiple("pdl_max_weight", values["pdl_max_weight"], "e.g. 20")
-    out["pdl_min_weight"] = _optional_multiple("pdl_min_weight", values["pdl_min_weight"], "e.g. 1")
+    out["pdl_min_weight"] = _floor(values["pdl_min_weight"])
     if out["pdl_min_weight"] is not None and out["pdl_max_weight"] is not None and \
             out["pdl_min_weight"] > out["pdl_max_weight"]:
         raise PDLConfigError(
@@ -230,6 +231,14 @@ def _optional_multiple(name: str, value, example: str) -> float | None:
             f"{name} must be a finite number > 0 (a multiple of the mean weight, {example}) or unset, got {number}."
         )
     return number
+
+
+def _floor(value) -> float | None:
+    """`pdl_min_weight`: a multiple of the mean weight (> 0), or 0 / unset for no floor. Weights are positive, so a
+    floor at 0 is no floor: it is kept as None, one spelling, so resuming compares equal either way."""
+    if value is not None and as_number("pdl_min_weight", value) == 0:
+        return None
+    return _optional_multiple("pdl_min_weight", value, "e.g. 1, or 0 for no floor")
 
 
 def _fraction(name: str, value, meaning: str) -> float:

@@ -70,7 +70,7 @@ def token_weights_from_counts(
     weights = pdl_weights(freq, alpha, epsilon).to(torch.float64)
     if max_weight is not None or min_weight is not None:
         mean = _mean_over_counted(weights, counts)
-        weights = weights.clamp(min=None if min_weight is None else _multiple("pdl_min_weight", min_weight) * mean,
+        weights = weights.clamp(min=None if min_weight is None else _multiple("pdl_min_weight", min_weight, 0) * mean,
                                 max=None if max_weight is None else _multiple("pdl_max_weight", max_weight) * mean)
     exempt = _as_rows(exempt, len(weights))
     if exempt.numel():
@@ -95,9 +95,12 @@ def _mixed_frequencies(task: torch.Tensor, prior: torch.Tensor | None, mix: floa
     return (1 - mix) * task + mix * (prior / prior.sum())
 
 
-def _multiple(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
-        raise PDLConfigError(f"{name} must be a finite number > 0 or unset, got {value!r}.")
+def _multiple(name: str, value, lowest: float | None = None) -> float:
+    """A multiple of the mean weight: finite and > 0, or >= `lowest` (a floor of 0 is no floor: weights are > 0)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+            (0 < value if lowest is None else lowest <= value) and value < math.inf):
+        raise PDLConfigError(f"{name} must be a finite number {'> 0' if lowest is None else f'>= {lowest}'} or unset, "
+                             f"got {value!r}.")
     return float(value)
 
 

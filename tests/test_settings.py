@@ -21,6 +21,8 @@ CASES = [
     ({"pdl_unseen_weight": "zero"}, False), ({"pdl_freq_path": ""}, False), ({"pdl_freq_path": "t.safetensors"}, True),
     ({"pdl_resume_without_table": True}, True), ({"pdl_resume_without_table": "yes"}, False),
     ({"pdl_exempt_special_tokens": True}, True), ({"pdl_exempt_special_tokens": "true"}, False),
+    ({"pdl_min_weight": 1}, True), ({"pdl_min_weight": 0}, True), ({"pdl_min_weight": "0"}, True),
+    ({"pdl_min_weight": -1}, False), ({"pdl_min_weight": math.inf}, False), ({"pdl_min_weight": False}, False),
 ]
 
 
@@ -113,3 +115,11 @@ def test_axolotl_trainer_refuses_arguments_without_the_settings():
 
     with pytest.raises(PDLConfigError, match="List pdl_plugin.integrations.axolotl.PDLPlugin first"):
         settings_from_training_args(SimpleNamespace(learning_rate=2e-4))
+
+
+@pytest.mark.parametrize("zero", [0, 0.0, "0"])
+def test_a_floor_of_0_is_no_floor_with_one_spelling_so_a_resume_compares_equal(zero):
+    # Weights are positive, so max(w, 0 * mean) = w: 0 is no floor, the way to switch a default floor off
+    assert PDLSettings(pdl_min_weight=zero).pdl_min_weight is None
+    assert PDLSettings(pdl_min_weight=zero).saved() == PDLSettings(pdl_min_weight=None).saved()
+    assert PDLSettings.from_mapping({"pdl_min_weight": zero}).pdl_min_weight is None

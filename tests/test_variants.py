@@ -26,6 +26,8 @@ def test_floor_raises_frequent_tokens_to_a_multiple_of_the_count_weighted_mean()
     torch.testing.assert_close(got, torch.tensor([3.0, 10 / 3, 10.0, 10.0]))
     half = token_weights_from_counts(COUNTS, 1.0, EPS, min_weight=0.5)  # floor 1.5: nothing below it
     torch.testing.assert_close(half, torch.tensor([5 / 3, 10 / 3, 10.0, 10.0]))
+    none = token_weights_from_counts(COUNTS, 1.0, EPS, min_weight=0)  # a floor of 0 is no floor: equation (3)
+    torch.testing.assert_close(none, torch.tensor([5 / 3, 10 / 3, 10.0, 10.0]))
 
 
 def test_floor_and_cap_share_the_mean_and_come_before_exemption_and_token_rescaling():
@@ -43,7 +45,7 @@ def test_floor_above_the_cap_is_refused_when_both_are_set():
     with pytest.raises(PDLConfigError, match="pdl_min_weight 3.0 is above pdl_max_weight 2.0"):
         PDLSettings(pdl_min_weight=3, pdl_max_weight=2)
     with pytest.raises(PDLConfigError, match="pdl_min_weight must be a finite number > 0"):
-        PDLSettings(pdl_min_weight=0)
+        PDLSettings(pdl_min_weight=-0.5)
 
 
 def test_prior_mixes_normalised_frequencies_before_equation_3():
