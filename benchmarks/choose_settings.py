@@ -24,7 +24,7 @@ HEAD = "| ships in | setting | `--arm` | why |\n|---|---|---|---|"
 
 def _row(where: str, choice: Choice, arms: dict[str, Arm]) -> str:
     if choice.arm is None:
-        setting, spec = ("plain cross-entropy", "alpha=0") if not choice.reason.startswith("undecided") else ("-", "-")
+        setting, spec = ("plain cross-entropy", "alpha=0") if choice.decided else ("-", "-")
     else:
         arm = arms[choice.arm]
         setting, spec = arm.label.replace(", special tokens exempt", " + exemption"), f"`{arm.spec}`"
@@ -39,7 +39,7 @@ def table(results_dir: Path, tasks: list[str]) -> str:
     rows = []
     for task in tasks:
         choice = (recipe_choice(judged[task]) if judged[task]
-                  else Choice(None, "undecided: no arm has two or more seeds paired with CE"))
+                  else Choice(None, "undecided: no arm has two or more seeds paired with CE", decided=False))
         rows.append(_row(f"the {task} recipes", choice, arms))
     rows.append(_row("`PDLSettings`' default", default_choice(judged), arms))
     return HEAD + "\n" + "\n".join(rows) + "\n"

@@ -45,11 +45,13 @@ class Judged:
 
 @dataclass(frozen=True)
 class Choice:
-    """The arm chosen (None: plain CE) and why, in words a recipe header or the README can carry."""
+    """The arm chosen (None: plain CE, or nothing yet when not `decided`) and why, in words a recipe header or the
+    README can carry."""
 
     arm: str | None
     reason: str
     warning: bool = False
+    decided: bool = True
 
 
 def judge_task(task: str, runs: dict[str, list[dict]]) -> list[Judged]:
@@ -101,7 +103,8 @@ def default_choice(by_task: dict[str, list[Judged]]) -> Choice:
     arms = [arm for arm in dict.fromkeys(j.arm for js in by_task.values() for j in js)
             if all(any(j.arm == arm for j in js) for js in by_task.values())]
     if not by_task or not arms:
-        return Choice(None, "undecided: no arm is judged on every task (seeds 1 and 2 of one arm on each task)")
+        return Choice(None, "undecided: no arm is judged on every task (seeds 1 and 2 of one arm on each task)",
+                      decided=False)
     rows = {arm: [next(j for j in js if j.arm == arm) for js in by_task.values()] for arm in arms}
 
     def mean_output(arm: str) -> float:

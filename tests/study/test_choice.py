@@ -89,7 +89,7 @@ def test_without_help_the_default_keeps_the_gain_everywhere_with_the_least_mean_
     # an arm with seeds 1 and 2 on one task only cannot be the default
     partial = {"one": by_task["one"], "two": judge_task("two", _task(v=([0.0, 0.001, -0.001], GAIN)))}
     undecided = default_choice(partial)
-    assert undecided.arm is None and undecided.reason.startswith("undecided")
+    assert undecided.arm is None and not undecided.decided and undecided.reason.startswith("undecided")
 
 
 def test_an_arm_that_helps_by_specificity_says_so():
