@@ -5,7 +5,8 @@ the same training table) and seed, with the same data, steps and seeds, evaluate
 markdown report with metric tables (mean ± sd over seeds), loss curves and the generated tokens' frequency-rank
 distribution against the references'. `--alpha_warmup_steps N` adds one arm whose alpha ramps from 0 over N steps;
 `--exempt_alphas A,B` one arm per alpha trained with `pdl_exempt_special_tokens`; `--arm alpha=0.5,exempt=true,
-min_weight=1` one arm of any PDL settings (floor, CE anchor, prior, ...). All arms are scored alike.
+min_weight=1` one arm of any PDL settings (floor, CE anchor, prior, ...); an arm has exactly the loss variants its
+name gives (a recipe's floor or anchor is switched off for the arms that do not name it). All arms are scored alike.
 Resumable: finished runs are not redone. With `--results_dir DIR` each finished run's small results (`train.json`,
 `results.json`; not the adapter) go to `DIR/<task>/<arm>/seed-<s>/`, runs whose results are there are skipped (commit
 them to resume a study on another machine), and the report is made from them. Runs go seed by seed (every arm of
@@ -35,7 +36,8 @@ from rich.console import Console
 from ..errors import PDLConfigError, PDLError
 from .eval import _Parser, eval_arguments, settings_from
 from ..recipe import parse_recipe
-from ..study.arms import ARM_KEYS, ARM_OPTIONS, Arm, check_arm_names, parse_alphas, parse_arm
+from ..study.arms import (ARM_KEYS, ARM_OPTIONS, VARIANT_OFF, VARIANTS_NOT_SWITCHED_OFF, Arm, check_arm_names,
+                          parse_alphas, parse_arm)
 from ..study.plan import parse_seeds, parse_shard
 from . import run_cli, stop_with_error
 
@@ -82,7 +84,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def compare(argv: list[str]) -> Path:
-    from ..study.checks import check_arm_settings, check_study_folders
+    from ..study.checks import check_arm_settings, check_study_folders, recipe_variants
     from ..study.runner import Study, run_study
 
     options, overrides = _parser().parse_known_args(argv)
@@ -96,6 +98,7 @@ def compare(argv: list[str]) -> Path:
         raise PDLConfigError(f"--checkpoint_steps must be >= 0 (0: no checkpoints), got {options.checkpoint_steps}.")
     arms = _arms(options, alphas, overrides)
     recipe = parse_recipe(["--config", options.config, *overrides])  # fails early on a bad recipe or override
+    notes = recipe_variants(recipe.training)
     for arm in arms:  # each arm's settings, checked where they are declared, before any run
         check_arm_settings(options.config, overrides, arm)
     if not options.report_only:
@@ -107,6 +110,8 @@ def compare(argv: list[str]) -> Path:
                   results_dir=Path(options.results_dir) if options.results_dir else None, shard=shard,
                   checkpoint_steps=options.checkpoint_steps, fail_fast=options.fail_fast)
     console = Console()
+    for note in notes:
+        console.print(note, highlight=False)
     settings = reference_alpha = None
     if not options.report_only:
         settings = settings_from(options, recipe)
@@ -136,8 +141,11 @@ def _arms(options, alphas: list[float], overrides: list[str]) -> list[Arm]:
     given = {flag.split("=")[0] for flag in overrides}
     clash = next((f"--{ARM_OPTIONS[key]}" for arm in arms for key, _ in arm.options if f"--{ARM_OPTIONS[key]}" in given),
                  None)
+    clash = clash or next((f"--{ARM_OPTIONS[key]}" for key in (*VARIANT_OFF, *VARIANTS_NOT_SWITCHED_OFF)
+                           if f"--{ARM_OPTIONS[key]}" in given), None)
     if clash:
-        raise PDLConfigError(f"{clash} is given to every run and set by an --arm too: set it in the arms only.")
+        raise PDLConfigError(f"{clash} is given to every run, but each arm has exactly the loss variants its name "
+                             f"gives: set it in the arms only (`--arm alpha=0.5,{clash[6:]}=VALUE`).")
     return arms
 
 

@@ -24,6 +24,11 @@ ARM_OPTIONS = {
     "normalize": "pdl_normalize",
     "unseen_weight": "pdl_unseen_weight",
 }
+# The loss variants: an arm has exactly those its name gives. The ones it does not name are switched off for its runs
+# (floor 0, anchor 0), so that neither the recipe nor a default adds to an arm what its name does not say; a cap or a
+# prior cannot be switched off from the command line, so a study refuses a recipe that sets one.
+VARIANT_OFF = {"min_weight": "0", "ce_mix": "0"}
+VARIANTS_NOT_SWITCHED_OFF = ("max_weight", "prior_path", "prior_mix")
 _NAME_PARTS = {"prior_path": "prior"}  # the folder name says `prior-<file stem>`, not the whole path
 ARM_KEYS = ("alpha", "warmup_steps", "exempt", *ARM_OPTIONS)
 
@@ -69,6 +74,12 @@ class Arm:
     def recipe_options(self) -> list[str]:
         """The recipe overrides of the settings beyond alpha, warm-up and exemption (`--pdl_min_weight 1`, ...)."""
         return [item for key, value in self.options for item in (f"--{ARM_OPTIONS[key]}", value)]
+
+    def variants_off(self) -> list[str]:
+        """The recipe overrides that switch off the loss variants this arm does not name (`--pdl_ce_mix 0`, ...)."""
+        named = {key for key, _ in self.options}
+        return [item for key, value in VARIANT_OFF.items() if key not in named
+                for item in (f"--{ARM_OPTIONS[key]}", value)]
 
 
 def _value_name(key: str, value: str) -> str:

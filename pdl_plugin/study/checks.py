@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import PDLError
-from .arms import Arm
+from ..errors import PDLConfigError, PDLError
+from .arms import ARM_OPTIONS, VARIANT_OFF, VARIANTS_NOT_SWITCHED_OFF, Arm
 
 
 def check_arm_settings(config: str, overrides: list[str], arm: Arm) -> None:
@@ -23,6 +23,24 @@ def check_arm_settings(config: str, overrides: list[str], arm: Arm) -> None:
             read_prior_file(training.pdl_prior_path, "pdl-freq")
     except PDLError as err:
         raise type(err)(f"--arm {arm.name}: {err}") from None
+
+
+def recipe_variants(training) -> list[str]:
+    """Each arm has exactly the loss variants its name gives. The recipe's floor or CE anchor (its own or a default)
+    is switched off for the arms that do not name it: returned as the lines that say so. A cap or a prior cannot be
+    switched off from the command line, so a recipe with one is refused, before any run."""
+    for key in VARIANTS_NOT_SWITCHED_OFF:
+        setting = ARM_OPTIONS[key]
+        if getattr(training, setting) is not None:
+            raise PDLConfigError(
+                f"The recipe sets {setting} ({getattr(training, setting)}), but each arm of a study has exactly the loss "
+                f"variants its name gives, and this one cannot be switched off for the arms that do not name it (the "
+                f"CE baseline among them). Remove {setting} from the recipe and give it to the arms that should have "
+                f"it, e.g. `--arm alpha=0.5,{key}=VALUE`."
+            )
+    return [f"The recipe's {ARM_OPTIONS[key]} {float(getattr(training, ARM_OPTIONS[key])):g} applies only to the arms whose name "
+            f"gives {key}; the others train without it." for key in VARIANT_OFF
+            if getattr(training, ARM_OPTIONS[key]) not in (None, 0)]
 
 
 def check_study_folders(outdir: str | Path, results_dir: str | Path | None, recipe) -> None:

@@ -60,16 +60,17 @@ def _run_settings(arm: Arm, seed: int, folder: Path) -> list[str]:
 
 def training_overrides(arm: Arm, seed: int, folder: Path) -> list[str]:
     """The recipe overrides a run trains with (recorded as they are in its `train.json`): the shared settings, the
-    arm's exemption and its further PDL settings (floor, CE anchor, prior, ...)."""
+    arm's exemption, the variants it does not name switched off and its further PDL settings (floor, CE anchor,
+    prior, ...)."""
     return [*_run_settings(arm, seed, folder), "--pdl_exempt_special_tokens", str(arm.exempt).lower(),
-            *arm.recipe_options()]
+            *arm.variants_off(), *arm.recipe_options()]
 
 
 def evaluation_overrides(arm: Arm, seed: int, folder: Path) -> list[str]:
     """The recipe overrides a run is evaluated with. Every arm is evaluated alike (no exemption, floor, CE anchor or
     prior), so that its validation PDL uses the same weights in every arm; those settings change only how an arm
     trains."""
-    return [*_run_settings(arm, seed, folder), "--pdl_exempt_special_tokens", "false"]
+    return [*_run_settings(arm, seed, folder), "--pdl_exempt_special_tokens", "false", *Arm(arm.alpha).variants_off()]
 
 
 def run_one(config: str, overrides: list[str], folder: Path, arm: Arm, seed: int, settings, reference_alpha: float,

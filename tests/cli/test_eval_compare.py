@@ -17,6 +17,7 @@ from pdl_plugin.cli.compare import main as compare_main
 from pdl_plugin.cli.eval import evaluate_cli
 from pdl_plugin.cli.eval import main as eval_main
 from pdl_plugin.cli.sft import train
+from pdl_plugin.errors import PDLConfigError
 
 ROWS = [dict(zip(PROMPT_COMPLETION, values)) for values in zip(*PROMPT_COMPLETION.values())]
 
@@ -287,7 +288,6 @@ def test_a_failed_run_does_not_stop_the_study_and_the_exit_names_it(tmp_path, mo
     """A run that fails (our error, or any other) is reported and the process goes on to the next run; at the end the
     report holds the finished runs and the command exits 2 naming the failed ones. `--fail_fast` stops at the first."""
     import pdl_plugin.study.runner as compare_module
-    from pdl_plugin.errors import PDLConfigError
 
     real_run_one = compare_module.run_one
 
@@ -445,6 +445,8 @@ def test_pdl_compare_resumes_a_run_cut_off_mid_training_from_its_checkpoint(tmp_
         (["--arm", "alpha=0.5,min_weight=-1"], "--arm alpha-0.5-min_weight--1: pdl_min_weight"),
         (["--arm", "alpha=0.5,prior_path=no/such/prior.safetensors,prior_mix=0.5"], "does not exist"),
         (["--arm", "alpha=0.5,ce_mix=0.5", "--pdl_ce_mix", "0.2"], "set it in the arms only"),
+        (["--arm", "alpha=0.5,exempt=true", "--pdl_min_weight", "1"], "set it in the arms only"),
+        (["--pdl_max_weight", "20"], "set it in the arms only (`--arm alpha=0.5,max_weight=VALUE`)"),
         (["--arm", "alpha=0.5,prior_path=a/p.safetensors", "--arm", "alpha=0.5,prior_path=b/p.safetensors"],
          "would share the folder"),
     ],
@@ -455,6 +457,34 @@ def test_pdl_compare_refuses_bad_input_with_one_line(tmp_path, capsys, extra, me
     assert exit_info.value.code == 2
     err = " ".join(capsys.readouterr().err.split())
     assert message in err and "Traceback" not in err
+
+
+def test_an_arm_trains_with_exactly_the_variants_its_name_gives_whatever_the_recipe_sets(tmp_path):
+    """A recipe's floor and CE anchor (a shipped recipe may carry them, or a default) reach only the arms that name
+    them; the others, and every arm's evaluation, run without. A cap or a prior, which no override can switch off, is
+    refused with the fix."""
+    from pdl_plugin.recipe import parse_recipe
+    from pdl_plugin.study.arms import parse_arm
+    from pdl_plugin.study.checks import recipe_variants
+    from pdl_plugin.study.runner import evaluation_overrides, training_overrides
+
+    recipe = _recipe(tmp_path)
+    Path(recipe).write_text(Path(recipe).read_text() + "pdl_min_weight: 1\npdl_ce_mix: 0.3\n")
+    base = parse_recipe(["--config", recipe]).training
+    assert (base.pdl_min_weight, base.pdl_ce_mix) == (1, 0.3)  # the recipe's own, as a single run would train
+    assert recipe_variants(base) == [
+        "The recipe's pdl_min_weight 1 applies only to the arms whose name gives min_weight; the others train without it.",
+        "The recipe's pdl_ce_mix 0.3 applies only to the arms whose name gives ce_mix; the others train without it."]
+    for text, floor, mix in (("alpha=0.5", None, 0.0), ("alpha=0.5,ce_mix=0.5", None, 0.5),
+                             ("alpha=0.5,exempt=true,min_weight=2", 2.0, 0.0)):
+        arm = parse_arm(text)
+        trained = parse_recipe(["--config", recipe, *training_overrides(arm, 0, tmp_path / "run")]).training
+        assert (trained.pdl_min_weight, float(trained.pdl_ce_mix)) == (floor, mix), text
+        scored = parse_recipe(["--config", recipe, *evaluation_overrides(arm, 0, tmp_path / "run")]).training
+        assert (scored.pdl_min_weight, float(scored.pdl_ce_mix), scored.pdl_exempt_special_tokens) == (None, 0.0, False)
+    Path(recipe).write_text(Path(recipe).read_text() + "pdl_max_weight: 20\n")
+    with pytest.raises(PDLConfigError, match=r"The recipe sets pdl_max_weight \(20.0\).*`--arm alpha=0.5,max_weight"):
+        recipe_variants(parse_recipe(["--config", recipe]).training)
 
 
 def _readme_screen_command() -> list[str]:

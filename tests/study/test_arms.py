@@ -29,6 +29,12 @@ def test_an_arm_of_any_settings():
     assert floor.name == "alpha-0.5-warmup-10-min_weight-1" and floor.recipe_options() == ["--pdl_min_weight", "1"]
 
 
+def test_the_variants_an_arm_does_not_name_are_switched_off():
+    assert Arm(0.5).variants_off() == ["--pdl_min_weight", "0", "--pdl_ce_mix", "0"]
+    assert parse_arm("alpha=0.5,min_weight=1").variants_off() == ["--pdl_ce_mix", "0"]
+    assert parse_arm("alpha=0.5,ce_mix=0.5,min_weight=1").variants_off() == []
+
+
 @pytest.mark.parametrize("text, message", [
     ("alpha=0.5,floor=1", "unknown key 'floor'"), ("min_weight=1", "has no alpha"),
     ("alpha=0.5,alpha=1", "given twice"), ("alpha=0.5,min_weight=", "KEY=VALUE"), ("alpha=-1", ">= 0"),
