@@ -31,17 +31,22 @@ def _row(where: str, choice: Choice, arms: dict[str, Arm]) -> str:
     return f"| {where} | {setting} | {spec} | {choice.reason}{' (warning)' if choice.warning else ''} |"
 
 
-def table(results_dir: Path, tasks: list[str]) -> str:
-    """One row per task's recipe, then the default's."""
+def choices(results_dir: Path, tasks: list[str]) -> tuple[dict[str, Choice], Choice, dict[str, Arm]]:
+    """Each task's recipe choice, the default's, and every arm seen (name -> Arm)."""
     runs = {task: load_runs(Path(results_dir) / task) for task in tasks}
     arms = {name: Arm.of(results[0]) for task_runs in runs.values() for name, results in task_runs.items()}
     judged = {task: judge_task(task, runs[task]) for task in tasks}
-    rows = []
-    for task in tasks:
-        choice = (recipe_choice(judged[task]) if judged[task]
-                  else Choice(None, "undecided: no arm has two or more seeds paired with CE", decided=False))
-        rows.append(_row(f"the {task} recipes", choice, arms))
-    rows.append(_row("`PDLSettings`' default", default_choice(judged), arms))
+    by_task = {task: recipe_choice(judged[task]) if judged[task]
+               else Choice(None, "undecided: no arm has two or more seeds paired with CE", decided=False)
+               for task in tasks}
+    return by_task, default_choice(judged), arms
+
+
+def table(results_dir: Path, tasks: list[str]) -> str:
+    """One row per task's recipe, then the default's."""
+    by_task, default, arms = choices(results_dir, tasks)
+    rows = [_row(f"the {task} recipes", choice, arms) for task, choice in by_task.items()]
+    rows.append(_row("`PDLSettings`' default", default, arms))
     return HEAD + "\n" + "\n".join(rows) + "\n"
 
 

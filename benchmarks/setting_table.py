@@ -46,6 +46,18 @@ def cell(stats: dict, digits: int) -> str:
     return text if stats["n"] < 2 else f"{text} [{stats['low']:+.{digits}f}, {stats['high']:+.{digits}f}]"
 
 
+def arm_cells(runs: dict[str, list[dict]], name: str, code: bool) -> dict[str, str]:
+    """Column title -> arm `name` − CE over the seeds it shares with CE (`cell`); the parse rate only on code."""
+    baseline = baseline_name(runs)
+    cells = {}
+    for title, get, digits in COLUMNS:
+        if title.endswith("(code)") and not code:
+            continue
+        stats = paired_differences({r["seed"]: get(r) for r in runs[baseline]}, {r["seed"]: get(r) for r in runs[name]})
+        cells[title] = cell(stats, digits)
+    return cells
+
+
 def task_rows(task: str, runs: dict[str, list[dict]]) -> dict[str, str]:
     """Arm label -> its row for one task (every arm but CE; none without a CE arm)."""
     baseline = baseline_name(runs)
@@ -57,17 +69,11 @@ def task_rows(task: str, runs: dict[str, list[dict]]) -> dict[str, str]:
         if name == baseline:
             continue
         seeds = sorted({r["seed"] for r in results} & {r["seed"] for r in runs[baseline]})
-        cells = []
-        for title, get, digits in COLUMNS:
-            if title.endswith("(code)") and not code:
-                cells.append("")
-                continue
-            stats = paired_differences({r["seed"]: get(r) for r in runs[baseline]}, {r["seed"]: get(r) for r in results})
-            cells.append(cell(stats, digits))
+        cells = arm_cells(runs, name, code)
         verdict = rule.verdict(paired_stats(runs, name, set(seeds), rule_keys(code)), code)
         label = Arm.of(results[0]).label.replace(", special tokens exempt", " + exemption")
-        rows[label] = (f"| {label} | {task} | {', '.join(map(str, seeds))} | " + " | ".join(cells)
-                       + f" | {verdict} |")
+        rows[label] = (f"| {label} | {task} | {', '.join(map(str, seeds))} | "
+                       + " | ".join(cells.get(title, "") for title, _, _ in COLUMNS) + f" | {verdict} |")
     return rows
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import PDLConfigError
+from ..settings import PDLSettings
 
 # `--arm` key -> the recipe setting it sets, for the settings beyond alpha, warm-up and exemption (in name order)
 ARM_OPTIONS = {
@@ -74,6 +75,12 @@ class Arm:
     def recipe_options(self) -> list[str]:
         """The recipe overrides of the settings beyond alpha, warm-up and exemption (`--pdl_min_weight 1`, ...)."""
         return [item for key, value in self.options for item in (f"--{ARM_OPTIONS[key]}", value)]
+
+    def settings(self) -> PDLSettings:
+        """The PDL settings this arm trains with on a recipe that sets none (the variants it does not name off)."""
+        values = {ARM_OPTIONS[key]: value for key, value in (*VARIANT_OFF.items(), *self.options)}
+        return PDLSettings(pdl_alpha=self.alpha, pdl_alpha_warmup_steps=self.warmup_steps,
+                           pdl_exempt_special_tokens=self.exempt, **values)
 
     def variants_off(self) -> list[str]:
         """The recipe overrides that switch off the loss variants this arm does not name (`--pdl_ce_mix 0`, ...)."""

@@ -1,0 +1,123 @@
+"""What the shipped recipes and `PDLSettings`' defaults rest on (issue 25, item 7): for each task, the setting
+`choose_settings.py` reads off the second study's committed results, and the header lines that carry its numbers
+(arm − CE over the seeds paired with CE, 95% t-intervals, as in `setting_table.py`). With `--check RECIPES_DIR`
+every recipe (task from its file name: `dialogue_lora.yaml`, `offline_dialogue_qlora.yaml`, ...) must train with its
+task's setting and carry its lines verbatim, and `PDLSettings()` must be the default's setting; the command names
+each one that does not and exits 1. A test runs the check on the committed results and recipes.
+
+    python benchmarks/recipe_evidence.py docs/results/study2 dialogue summarization code [--check recipes]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import textwrap
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from choose_settings import choices  # noqa: E402
+from setting_table import arm_cells  # noqa: E402
+from pdl_plugin.settings import RESUME_KEYS, PDLSettings  # noqa: E402
+from pdl_plugin.study.arms import Arm  # noqa: E402
+from pdl_plugin.study.choice import Choice  # noqa: E402
+from pdl_plugin.study.results import baseline_name, load_runs  # noqa: E402
+from pdl_plugin.study.screen import is_code  # noqa: E402
+
+MEASURED_ON = "SmolLM2-135M-Instruct, LoRA r8, CPU"
+CE = Arm(0.0)
+
+
+def chosen_arm(choice: Choice, arms: dict[str, Arm]) -> Arm:
+    """The arm a decided choice ships (plain CE: alpha 0)."""
+    return CE if choice.arm is None else arms[choice.arm]
+
+
+def header_lines(results_dir: Path, task: str, choice: Choice, arm: Arm) -> list[str]:
+    """The comment lines a recipe of `task` carries: its setting, why, and the numbers it rests on."""
+    runs = load_runs(Path(results_dir) / task)
+    if choice.arm is None:
+        text = (f"PDL setting: none, plain cross-entropy (pdl_alpha 0), the second study's choice for {task} "
+                f"(docs/results.md; benchmarks/choose_settings.py): {choice.reason}.")
+    else:
+        baseline = baseline_name(runs)
+        seeds = sorted({r["seed"] for r in runs[choice.arm]} & {r["seed"] for r in runs[baseline]})
+        steps = sorted({json.loads((Path(results_dir) / task / choice.arm / f"seed-{seed}" / "train.json").read_text())
+                        ["global_step"] for seed in seeds})
+        numbers = "; ".join(f"{title.removesuffix(' (code)')} {value}"
+                            for title, value in arm_cells(runs, choice.arm, is_code(runs)).items())
+        text = (f"PDL setting: {arm.label.replace(', special tokens exempt', ' + exemption')} (`--arm {arm.spec}`), "
+                f"the second study's choice for {task} (docs/results.md; benchmarks/choose_settings.py): "
+                f"{choice.reason}{', with a warning' if choice.warning else ''}. Measured on {MEASURED_ON}, "
+                f"{'/'.join(map(str, steps))} steps, arm − CE "
+                f"over seeds {', '.join(map(str, seeds))} with 95% t-intervals: {numbers}.")
+    return textwrap.wrap(text, width=118, initial_indent="# ", subsequent_indent="# ", break_on_hyphens=False)
+
+
+def task_of(recipe: Path) -> str:
+    """`dialogue_lora.yaml`, `offline_dialogue_qlora.yaml` -> dialogue."""
+    return recipe.stem.removeprefix("offline_").split("_")[0]
+
+
+def differences(settings: PDLSettings, wanted: PDLSettings) -> list[str]:
+    """The loss-defining settings (`RESUME_KEYS`) in which `settings` is not `wanted`."""
+    return [f"{key} {getattr(settings, key)!r} (wanted {getattr(wanted, key)!r})" for key in RESUME_KEYS
+            if getattr(settings, key) != getattr(wanted, key)]
+
+
+def check(results_dir: Path, tasks: list[str], recipes_dir: Path, defaults: PDLSettings | None = None) -> list[str]:
+    """Every way the recipes under `recipes_dir` and the defaults (`PDLSettings()`) do not follow the study (empty:
+    they do)."""
+    by_task, default, arms = choices(results_dir, tasks)
+    problems = []
+    for recipe in sorted(Path(recipes_dir).rglob("*.yaml")):
+        task = task_of(recipe)
+        choice = by_task.get(task)
+        if choice is None or not choice.decided:
+            problems.append(f"{recipe}: the study has not decided the {task} setting")
+            continue
+        arm = chosen_arm(choice, arms)
+        text = recipe.read_text()
+        values = yaml.safe_load(text)
+        wrong = differences(PDLSettings.from_mapping(values), arm.settings())
+        if wrong:
+            problems.append(f"{recipe}: trains with {', '.join(wrong)}")
+        lines = header_lines(results_dir, task, choice, arm)
+        if "\n".join(lines) not in text:
+            problems.append(f"{recipe}: lacks the header lines `recipe_evidence.py` prints for {task}")
+    if not default.decided:
+        problems.append("PDLSettings: the study has not decided the default")
+    else:
+        wrong = differences(defaults or PDLSettings(), chosen_arm(default, arms).settings())
+        problems += [f"PDLSettings() defaults to {', '.join(wrong)}"] if wrong else []
+    return problems
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("results_dir", type=Path)
+    parser.add_argument("tasks", nargs="+")
+    parser.add_argument("--check", type=Path, metavar="RECIPES_DIR")
+    args = parser.parse_args(argv)
+    if args.check:
+        problems = check(args.results_dir, args.tasks, args.check)
+        print("\n".join(problems) or "The recipes and PDLSettings follow the study.")
+        raise SystemExit(1 if problems else 0)
+    by_task, default, arms = choices(args.results_dir, args.tasks)
+    for task, choice in by_task.items():
+        print(f"## {task}")
+        if not choice.decided:
+            print(f"# {choice.reason}")
+            continue
+        print("\n".join(header_lines(args.results_dir, task, choice, chosen_arm(choice, arms))))
+    print(f"## PDLSettings' default: {default.arm or '-'}: {default.reason}")
+
+
+if __name__ == "__main__":
+    main()
