@@ -15,6 +15,8 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+# Plain PDL, equation (3), whatever the package's defaults: the baseline every option is measured against
+PLAIN = {"pdl_exempt_special_tokens": False, "pdl_min_weight": 0, "pdl_ce_mix": 0.0}
 # Each option's `pdl_*` settings on top of the recipe's plain PDL ones
 OPTIONS = {
     "floor": {"pdl_min_weight": 1.0},
@@ -36,8 +38,8 @@ def parse_options(text: str | None) -> list[str]:
 
 
 def option_settings(name: str, workdir: str | Path) -> dict:
-    """The `pdl_*` settings of option `name` (the prior's table lies in `workdir`)."""
-    settings = dict(OPTIONS[name])
+    """The `pdl_*` settings of option `name` on plain PDL (the prior's table lies in `workdir`)."""
+    settings = {**PLAIN, **OPTIONS[name]}
     if name == "prior":
         settings["pdl_prior_path"] = str(prior_path(workdir))
     return settings

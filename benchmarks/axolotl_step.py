@@ -50,6 +50,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import measure_steps, memory_processes, ratio_line
 from _variants import (
     OPTIONS,
+    PLAIN,
     engine_line,
     engine_times,
     option_settings,
@@ -83,6 +84,8 @@ def raw_config(variant: str, workdir: Path, run: str = "") -> dict:
     cfg.update(plugins=PLUGINS, output_dir=str(workdir / f"out-{variant}{run}"),
                dataset_prepared_path=str(workdir / "prepared"), save_strategy="no", logging_steps=1000, max_steps=1000,
                val_set_size=0)
+    if variant == "pdl":
+        cfg.update(PLAIN)
     if variant in OPTIONS:
         cfg.update(option_settings(variant, workdir))
     if variant == "ce":

@@ -197,8 +197,9 @@ def train_run(case: Case, variant: str, folder: Path, args, work_dir: Path) -> d
         model_init_kwargs={"dtype": dtype, "attn_implementation": recipe.get("attn_implementation")},
     )
     if variant == "pdl":
-        config = PDLSFTConfig(loss_type="pdl", pdl_alpha=recipe.get("pdl_alpha", 0.5),
-                              pdl_epsilon=recipe.get("pdl_epsilon", 1e-6), **common)
+        config = PDLSFTConfig(loss_type="pdl", pdl_alpha=recipe.get("pdl_alpha", 0.5),  # plain PDL, equation (3):
+                              pdl_epsilon=recipe.get("pdl_epsilon", 1e-6), pdl_exempt_special_tokens=False,
+                              pdl_min_weight=0, pdl_ce_mix=0.0, **common)  # the protections' cost: step_variants
         trainer_cls = PDLSFTTrainer
     else:
         config = SFTConfig(loss_type="nll", **common)

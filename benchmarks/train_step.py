@@ -25,6 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import machine, measure_steps, memory_processes, ratio_line
 from _variants import (
+    PLAIN,
     engine_line,
     engine_times,
     option_settings,
@@ -62,7 +63,7 @@ def build(variant: str, output_dir: str):
               "gradient_checkpointing": False, "per_device_train_batch_size": ROWS, "max_length": None, "seed": 0,
               "disable_tqdm": True}
     workdir = Path(output_dir).parent
-    options = {} if variant in ("nll", "pdl") else option_settings(variant, workdir)
+    options = {} if variant == "nll" else PLAIN if variant == "pdl" else option_settings(variant, workdir)
     config = (SFTConfig(loss_type="nll", **common) if variant == "nll"
               else PDLSFTConfig(loss_type="pdl", **common, **options))
     trainer_cls = SFTTrainer if variant == "nll" else PDLSFTTrainer

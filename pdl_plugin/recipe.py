@@ -18,6 +18,7 @@ from .checkpoints import check_resume_checkpoint
 from .config import PDLSFTConfig
 from .data.embedded_model import EMBEDDED_PREFIX, resolve_embedded_model
 from .errors import PDLConfigError, PDLError
+from .settings import check_loss_type
 from .recipe_data import (check_local_data_files, first_rows, load_dataset_dict,  # noqa: F401  (re-exported)
                           load_recipe_datasets)
 
@@ -156,11 +157,12 @@ def _unknown_key_message(key: str, keys: set[str], source: str, prefix: str = ""
 def parse_recipe(argv: list[str]) -> Recipe:
     """`--config RECIPE.yaml` plus overrides, exactly as `trl sft --config` reads them, with unknown keys refused."""
     argv = list(argv)
+    given = {flag.split("=")[0][2:] for flag in argv if flag.startswith("--pdl_")}
     if "--config" in argv:
         index = argv.index("--config")
         if index + 1 >= len(argv):
             raise PDLConfigError("`--config` needs a recipe path, e.g. `--config recipes/offline/dialogue_lora.yaml`.")
-        read_recipe_file(argv[index + 1])
+        given |= {key for key, value in read_recipe_file(argv[index + 1]).items() if value is not None}
     saved_argv = sys.argv
     sys.argv = [saved_argv[0], *argv]
     try:
@@ -175,6 +177,8 @@ def parse_recipe(argv: list[str]) -> Recipe:
         sys.argv = saved_argv
     check_unused_options(unused_in_file, "in the recipe file")  # none: read_recipe_file checked its keys
     check_unused_options(unused, "on the command line")
+    # PDLSFTConfig can only see settings that differ from their defaults; the recipe says which ones were given
+    check_loss_type(training.loss_type, sorted(given), "Set `loss_type: pdl`")
     model.model_name_or_path = resolve_model(model.model_name_or_path)
     training.resume_from_checkpoint = _resume_value(training.resume_from_checkpoint)
     return Recipe(script, training, model, datasets)

@@ -76,8 +76,14 @@ CONVERSATIONS = [
 ]
 
 
+# Equation (3) as the paper writes it, whatever the package's defaults: the maths tests check it, and each protection
+# (special-token exemption, weight floor, CE anchor) only where a test turns it on
+EQUATION_3 = {"pdl_exempt_special_tokens": False, "pdl_min_weight": 0, "pdl_ce_mix": 0.0}
+
+
 def cpu_args(tmp_path, config_cls=None, **overrides):
-    """Settings for fast, deterministic CPU runs (a `PDLSFTConfig` unless `config_cls` says otherwise)."""
+    """Settings for fast, deterministic CPU runs (a `PDLSFTConfig` unless `config_cls` says otherwise); a PDL run
+    computes equation (3) unless the test turns a protection on."""
     from pdl_plugin import PDLSFTConfig
 
     config_cls = config_cls or PDLSFTConfig
@@ -85,5 +91,6 @@ def cpu_args(tmp_path, config_cls=None, **overrides):
         output_dir=str(tmp_path / "out"), bf16=False, use_cpu=True, report_to=[], gradient_checkpointing=False,
         save_strategy="no", logging_steps=1, per_device_train_batch_size=4, max_steps=1, seed=0,
         dataloader_num_workers=0, disable_tqdm=True,
+        **(EQUATION_3 if overrides.get("loss_type") == "pdl" else {}),
     )
     return config_cls(**{**base, **overrides})

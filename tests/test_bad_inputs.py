@@ -616,6 +616,10 @@ CASES: list[Case] = [
     Case("ce-mix-with-nll", "pdl-sft",
          lambda t: recipe_argv("pdl-sft", t, {"loss_type": "nll", "pdl_ce_mix": 0.5}, drop=("pdl_alpha",)),
          r"pdl_ce_mix set but loss_type is 'nll'", before_data=True),
+    Case("default-valued-pdl-key-with-nll", "pdl-sft",  # equal to its default, so only the recipe shows it given
+         lambda t: recipe_argv("pdl-sft", t, {"loss_type": "nll", "pdl_exempt_special_tokens": False},
+                               drop=("pdl_alpha",)),
+         r"pdl_exempt_special_tokens set but loss_type is 'nll'", before_data=True),
     Case("prior-with-nll", "pdl-sft",
          lambda t: recipe_argv("pdl-sft", t, {"loss_type": "nll", "pdl_prior_path": str(_table_file(t, 0)),
                                               "pdl_prior_mix": 0.5}, drop=("pdl_alpha",)),

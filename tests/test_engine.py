@@ -8,6 +8,7 @@ import re
 import pytest
 import torch
 
+from conftest import EQUATION_3
 from pdl_plugin import FrequencyTable, PDLConfigError, PDLEngine, PDLError, PDLSettings
 from pdl_plugin.engine import SETTINGS_FILENAME
 from pdl_plugin.frequency import TABLE_FILENAME
@@ -19,7 +20,7 @@ W0, W1 = 1 / 0.750001, 1 / 0.250001
 
 def engine(counts=COUNTS, masking="completion_only", **settings) -> PDLEngine:
     table = FrequencyTable(counts, "tok", "completion_only", "data")
-    return PDLEngine(PDLSettings(**{"pdl_alpha": 1.0, **settings}), table, host="test", masking=masking)
+    return PDLEngine(PDLSettings(**{"pdl_alpha": 1.0, **EQUATION_3, **settings}), table, host="test", masking=masking)
 
 
 def test_step_denominator_sums_the_weights_of_every_micro_batch():
@@ -134,7 +135,7 @@ def test_exempt_special_tokens_train_with_the_mean_weight(tmp_path):
     """Row 0 (3 of 4 trained tokens, the most frequent: the end-of-reply token's place) declared special: its weight
     is the count-weighted mean of the plain weights, (3 W0 + W1) / 4; the other rows keep equation (3)."""
     table = FrequencyTable(COUNTS, "tok", "completion_only", "data")
-    settings = PDLSettings(pdl_alpha=1.0, pdl_exempt_special_tokens=True)
+    settings = PDLSettings(**{**EQUATION_3, "pdl_alpha": 1.0, "pdl_exempt_special_tokens": True})
     e = PDLEngine(settings, table, host="test", special_token_ids=[0, 99])  # 99: outside the 4 output rows, ignored
     assert e.exempt_ids == (0,)
     mean = (3 * W0 + W1) / 4
@@ -142,8 +143,8 @@ def test_exempt_special_tokens_train_with_the_mean_weight(tmp_path):
     log_probs, targets = torch.tensor([math.log(0.5), math.log(0.25)]), torch.tensor([0, 1])
     got = e.loss(log_probs, targets, step=0, training=True)
     assert math.isclose(float(got), (mean * math.log(2) + W1 * math.log(4)) / (mean + W1), rel_tol=1e-6)
-    # off (the default): the special ids change nothing
-    plain = PDLEngine(PDLSettings(pdl_alpha=1.0), table, host="test", special_token_ids=[0])
+    # off: the special ids change nothing
+    plain = PDLEngine(PDLSettings(**{**EQUATION_3, "pdl_alpha": 1.0}), table, host="test", special_token_ids=[0])
     assert plain.exempt_ids == () and math.isclose(float(plain.weights[0]), W0, rel_tol=1e-6)
     # recorded, and a resume that turns it on or off is refused
     e.save(tmp_path / "ckpt")

@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 
+from conftest import EQUATION_3
 from pdl_plugin import FrequencyTable, PDLConfigError, PDLEngine, PDLError, PDLSettings, token_weights_from_counts
 from pdl_plugin.run_weights import end_of_turn_id
 
@@ -78,8 +79,8 @@ def test_new_settings_out_of_range_are_refused(values, message):
 
 def _engine(counts=COUNTS, special=(), **settings) -> PDLEngine:
     table = FrequencyTable(counts, "tok", "completion_only", "data")
-    return PDLEngine(PDLSettings(**{"pdl_alpha": 1.0, "pdl_epsilon": EPS, **settings}), table, host="test",
-                     special_token_ids=special)
+    settings = {"pdl_alpha": 1.0, "pdl_epsilon": EPS, **EQUATION_3, **settings}
+    return PDLEngine(PDLSettings(**settings), table, host="test", special_token_ids=special)
 
 
 # Two micro-batches of one step: targets 0, 1 | 2 (rows 0, 1, 2 weigh 5/3, 10/3, 10), with these log-probs

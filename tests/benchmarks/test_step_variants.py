@@ -28,10 +28,11 @@ def test_parse_options():
 def test_option_settings_are_valid_pdl_settings(tmp_path):
     from pdl_plugin import PDLSettings
 
-    assert _variants.option_settings("floor", tmp_path) == {"pdl_min_weight": 1.0}
-    assert _variants.option_settings("ce_mix", tmp_path) == {"pdl_ce_mix": 0.5}
+    plain = {"pdl_exempt_special_tokens": False, "pdl_min_weight": 0, "pdl_ce_mix": 0.0}  # equation (3)
+    assert _variants.option_settings("floor", tmp_path) == {**plain, "pdl_min_weight": 1.0}
+    assert _variants.option_settings("ce_mix", tmp_path) == {**plain, "pdl_ce_mix": 0.5}
     assert _variants.option_settings("prior", tmp_path) == {
-        "pdl_prior_mix": 0.5, "pdl_prior_path": str(tmp_path / _variants.PRIOR_FILENAME)}
+        **plain, "pdl_prior_mix": 0.5, "pdl_prior_path": str(tmp_path / _variants.PRIOR_FILENAME)}
     for name in _variants.OPTIONS:
         PDLSettings(**_variants.option_settings(name, tmp_path))
 
@@ -80,8 +81,8 @@ def test_engine_times_cover_every_engine_and_the_line_compares_to_plain_pdl():
     from pdl_plugin import FrequencyTable, PDLEngine, PDLSettings
 
     table = FrequencyTable(torch.tensor([5, 3, 2, 0]), "fp", "completion_only", "data")
-    engines = {"pdl": PDLEngine(PDLSettings(), table, host="test"),
-               "ce_mix": PDLEngine(PDLSettings(pdl_ce_mix=0.5), table, host="test")}
+    engines = {"pdl": PDLEngine(PDLSettings(**_variants.PLAIN), table, host="test"),
+               "ce_mix": PDLEngine(PDLSettings(**_variants.option_settings("ce_mix", "unused")), table, host="test")}
     labels = [torch.tensor([[-100, 0, 1, 2, -100]]), torch.tensor([[1, 1, -100, 0, 2]])]
     seconds = _variants.engine_times(engines, labels, repeats=3)
     assert set(seconds) == {"pdl", "ce_mix"} and all(value >= 0 for value in seconds.values())
