@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from choose_settings import choices  # noqa: E402
 from setting_table import arm_cells  # noqa: E402
-from pdl_plugin.settings import RESUME_KEYS, PDLSettings  # noqa: E402
+from pdl_plugin.settings import RESUME_KEYS, PDLSettings, loss_value  # noqa: E402
 from pdl_plugin.study.arms import Arm  # noqa: E402
 from pdl_plugin.study.choice import Choice  # noqa: E402
 from pdl_plugin.study.results import baseline_name, load_runs  # noqa: E402
@@ -68,7 +68,7 @@ def task_of(recipe: Path) -> str:
 def differences(settings: PDLSettings, wanted: PDLSettings) -> list[str]:
     """The loss-defining settings (`RESUME_KEYS`) in which `settings` is not `wanted`."""
     return [f"{key} {getattr(settings, key)!r} (wanted {getattr(wanted, key)!r})" for key in RESUME_KEYS
-            if getattr(settings, key) != getattr(wanted, key)]
+            if loss_value(key, getattr(settings, key)) != loss_value(key, getattr(wanted, key))]
 
 
 def check(results_dir: Path, tasks: list[str], recipes_dir: Path, defaults: PDLSettings | None = None) -> list[str]:

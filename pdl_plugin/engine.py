@@ -32,7 +32,7 @@ from .frequency import TABLE_FILENAME, FrequencyTable
 from .loss import IGNORE_INDEX, pdl_sums, target_weights
 from .run_weights import (PRIOR_FILENAME, check_bounds_leave_a_reweighting, check_weights, end_of_turn_id,
                           end_of_turn_warning, exempt_ids, load_prior, weights_for_settings)
-from .settings import ABSENT_BEFORE, RESUME_KEYS, PDLSettings, check_alpha_warmup  # noqa: F401 (re-exported)
+from .settings import ABSENT_BEFORE, RESUME_KEYS, PDLSettings, check_alpha_warmup, loss_value  # noqa: F401 (re-exported)
 
 logger = logging.getLogger(__name__)
 
@@ -343,7 +343,8 @@ class PDLEngine:
                 "The checkpoint was probably interrupted while saving: resume from an earlier checkpoint."
             ) from None
         saved = {**ABSENT_BEFORE, **saved}  # saved before a setting existed: the loss did not have it
-        changed = [key for key in RESUME_KEYS if key in saved and saved[key] != getattr(self.settings, key)]
+        changed = [key for key in RESUME_KEYS
+                   if key in saved and loss_value(key, saved[key]) != loss_value(key, getattr(self.settings, key))]
         if changed:
             raise PDLConfigError(
                 f"Cannot resume from {folder}: the settings "

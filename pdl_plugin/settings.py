@@ -234,11 +234,16 @@ def _optional_multiple(name: str, value, example: str) -> float | None:
 
 
 def _floor(value) -> float | None:
-    """`pdl_min_weight`: a multiple of the mean weight (> 0), or 0 / unset for no floor. Weights are positive, so a
-    floor at 0 is no floor: it is kept as None, one spelling, so resuming compares equal either way."""
+    """`pdl_min_weight`: a multiple of the mean weight (> 0), or 0 for no floor (weights are positive, so a floor at
+    0 changes none), or unset. 0 stays 0, not None: None means "not given" wherever a host fills in the defaults."""
     if value is not None and as_number("pdl_min_weight", value) == 0:
-        return None
+        return 0.0
     return _optional_multiple("pdl_min_weight", value, "e.g. 1, or 0 for no floor")
+
+
+def loss_value(name: str, value):
+    """A setting's value as the loss sees it, for comparing two runs' settings: a floor of 0 is no floor."""
+    return None if name == "pdl_min_weight" and value == 0 else value
 
 
 def _fraction(name: str, value, meaning: str) -> float:

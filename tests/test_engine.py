@@ -107,6 +107,9 @@ def test_resume_checks(tmp_path):
     e.check_resume(tmp_path / "ckpt")  # same table and settings: fine
     with pytest.raises(PDLConfigError, match=r"pdl_alpha \(1.0 -> 0.5\)"):
         engine(pdl_alpha=0.5).check_resume(tmp_path / "ckpt")
+    engine(pdl_min_weight=None).check_resume(tmp_path / "ckpt")  # saved with a floor of 0: no floor either way
+    with pytest.raises(PDLConfigError, match=r"pdl_min_weight \(0.0 -> 1.0\)"):
+        engine(pdl_min_weight=1).check_resume(tmp_path / "ckpt")
     with pytest.raises(PDLConfigError, match="frequency table"):
         engine(torch.tensor([3, 2, 0, 0])).check_resume(tmp_path / "ckpt")
     (tmp_path / "ckpt" / SETTINGS_FILENAME).write_text('{"pdl_alpha": 1.')  # truncated by a crash

@@ -118,8 +118,15 @@ def test_axolotl_trainer_refuses_arguments_without_the_settings():
 
 
 @pytest.mark.parametrize("zero", [0, 0.0, "0"])
-def test_a_floor_of_0_is_no_floor_with_one_spelling_so_a_resume_compares_equal(zero):
-    # Weights are positive, so max(w, 0 * mean) = w: 0 is no floor, the way to switch a default floor off
-    assert PDLSettings(pdl_min_weight=zero).pdl_min_weight is None
-    assert PDLSettings(pdl_min_weight=zero).saved() == PDLSettings(pdl_min_weight=None).saved()
-    assert PDLSettings.from_mapping({"pdl_min_weight": zero}).pdl_min_weight is None
+def test_a_floor_of_0_survives_every_host_round_trip(zero):
+    # 0 is no floor (weights are positive: max(w, 0 * mean) = w), the way to switch a default floor off. It must stay
+    # 0 through each host's reading, where None means "not given, take the default"
+    from pdl_plugin import PDLSFTConfig
+    from pdl_plugin.integrations.axolotl.args import training_args_from_cfg
+
+    assert PDLSettings(pdl_min_weight=zero).pdl_min_weight == 0.0
+    config = PDLSFTConfig(output_dir="/tmp/unused", loss_type="pdl", bf16=False, use_cpu=True, report_to=[],
+                          pdl_min_weight=zero)
+    assert config.pdl_settings.pdl_min_weight == 0.0
+    cfg = validate_pdl_settings({"loss_type": "pdl", "pdl_min_weight": zero})
+    assert PDLSettings.from_mapping(training_args_from_cfg(cfg)).pdl_min_weight == 0.0

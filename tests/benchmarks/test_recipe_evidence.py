@@ -57,6 +57,7 @@ def test_the_check_names_each_recipe_and_default_that_does_not_follow(tmp_path):
     (recipes / "toy_lora.yaml").write_text(header + "\n" + follows)
     (recipes / "offline_toy_qlora.yaml").write_text(header + "\nloss_type: pdl\npdl_alpha: 0.5\n")
     (recipes / "toy_qlora.yaml").write_text("# an older header\n" + follows)
+    (recipes / "offline_toy_lora.yaml").write_text(header + "\n" + follows + "pdl_ce_mix: 0\npdl_max_weight: null\n")
     floor = PDLSettings(pdl_exempt_special_tokens=True, pdl_min_weight=1)
     assert evidence.check(results, ["toy"], recipes, defaults=floor) == [
         f"{recipes}/offline_toy_qlora.yaml: trains with pdl_exempt_special_tokens False (wanted True), "
@@ -64,4 +65,4 @@ def test_the_check_names_each_recipe_and_default_that_does_not_follow(tmp_path):
         f"{recipes}/toy_qlora.yaml: lacks the header lines `recipe_evidence.py` prints for toy"]
     no_floor = PDLSettings(pdl_exempt_special_tokens=True, pdl_min_weight=0)
     assert evidence.check(results, ["toy"], recipes, defaults=no_floor)[-1] == \
-        "PDLSettings() defaults to pdl_min_weight None (wanted 1.0)"
+        "PDLSettings() defaults to pdl_min_weight 0.0 (wanted 1.0)"
