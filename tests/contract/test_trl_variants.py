@@ -307,7 +307,7 @@ def test_resume_with_a_changed_variant_is_refused(tmp_path, tokenizer):
                                 kind="all_tokens").save(tmp_path / "other-prior.safetensors")
     changes = [
         (dict(pdl_min_weight=1.0), r"settings pdl_min_weight \(0\.6 -> 1\.0\) differ"),
-        (dict(pdl_min_weight=None), r"settings pdl_min_weight \(0\.6 -> None\) differ"),
+        (dict(pdl_min_weight=0), r"settings pdl_min_weight \(0\.6 -> 0\.0\) differ"),  # 0: no floor
         (dict(pdl_ce_mix=0.5), r"settings pdl_ce_mix \(0\.3 -> 0\.5\) differ"),
         (dict(pdl_ce_mix=0.0), r"settings pdl_ce_mix \(0\.3 -> 0\.0\) differ"),
         (dict(pdl_prior_mix=0.25), r"settings pdl_prior_mix \(0\.5 -> 0\.25\) differ"),
