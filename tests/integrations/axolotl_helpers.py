@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 import yaml
+from conftest import EQUATION_3
 
 REPO = Path(__file__).resolve().parents[2]
 RECIPES = REPO / "recipes" / "axolotl"
@@ -41,11 +42,12 @@ def recipe(name: str, **overrides) -> dict:
 
 
 def short_config(tmp_path: Path, prepared: Path, name: str = "offline_dialogue_lora.yaml", **overrides) -> dict:
-    """The offline twin, made short and deterministic: few steps, every step logged, no dropout, no clipping."""
+    """The offline twin, made short and deterministic: few steps, every step logged, no dropout, no clipping; its loss
+    is equation (3) at the recipe's alpha unless the test turns a protection on."""
     settings = dict(
         plugins=[PDL_PLUGIN, EMBEDDED_PLUGIN, RECORDER], output_dir=str(tmp_path / "out"), dataset_prepared_path=str(prepared),
         max_steps=3, logging_steps=1, micro_batch_size=2, gradient_accumulation_steps=2, lora_dropout=0.0,
-        max_grad_norm=0.0, warmup_steps=0, learning_rate=1.0e-3, lr_scheduler="constant",
+        max_grad_norm=0.0, warmup_steps=0, learning_rate=1.0e-3, lr_scheduler="constant", **EQUATION_3,
     )
     settings.update(overrides)
     return recipe(name, **settings)
