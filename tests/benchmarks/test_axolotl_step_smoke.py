@@ -32,7 +32,8 @@ def test_axolotl_options_differ_from_plain_pdl_only_in_their_settings(tmp_path):
         settings = bench.option_settings(name, tmp_path)
         assert cfg["loss_type"] == "pdl" and all(cfg[key] == value for key, value in settings.items())
         differing = {key for key in cfg.keys() | pdl.keys() if cfg.get(key) != pdl.get(key)}
-        assert differing == {"output_dir", *settings}
+        assert differing == {"output_dir", *bench.OPTIONS[name], *(["pdl_prior_path"] if name == "prior" else [])}
+        assert all(pdl[key] == value for key, value in bench.PLAIN.items())  # both on equation (3)
     # a memory process writes its own folder: the timing process still holds out-pdl (PDL runs lock output_dir)
     assert bench.raw_config("pdl", tmp_path, run="-memory-1")["output_dir"] != pdl["output_dir"]
 

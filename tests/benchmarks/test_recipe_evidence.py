@@ -53,16 +53,18 @@ def test_the_check_names_each_recipe_and_default_that_does_not_follow(tmp_path):
     recipes.mkdir()
     by_task, _, arms = evidence.choices(results, ["toy"])
     header = "\n".join(evidence.header_lines(results, "toy", by_task["toy"], arms[FLOOR]))
-    follows = "loss_type: pdl\npdl_alpha: 0.5\npdl_exempt_special_tokens: true\npdl_min_weight: 1\n"
+    # every loss variant spelt out, so that the recipes mean the same whatever the defaults
+    follows = "loss_type: pdl\npdl_alpha: 0.5\npdl_exempt_special_tokens: true\npdl_min_weight: 1\npdl_ce_mix: 0\n"
     (recipes / "toy_lora.yaml").write_text(header + "\n" + follows)
-    (recipes / "offline_toy_qlora.yaml").write_text(header + "\nloss_type: pdl\npdl_alpha: 0.5\n")
+    (recipes / "offline_toy_qlora.yaml").write_text(header + "\nloss_type: pdl\npdl_alpha: 0.5\npdl_exempt_special_tokens: "
+                                                    "false\npdl_min_weight: 0\npdl_ce_mix: 0\n")
     (recipes / "toy_qlora.yaml").write_text("# an older header\n" + follows)
-    (recipes / "offline_toy_lora.yaml").write_text(header + "\n" + follows + "pdl_ce_mix: 0\npdl_max_weight: null\n")
-    floor = PDLSettings(pdl_exempt_special_tokens=True, pdl_min_weight=1)
+    (recipes / "offline_toy_lora.yaml").write_text(header + "\n" + follows + "pdl_max_weight: null\n")
+    floor = PDLSettings(pdl_exempt_special_tokens=True, pdl_min_weight=1, pdl_ce_mix=0)
     assert evidence.check(results, ["toy"], recipes, defaults=floor) == [
         f"{recipes}/offline_toy_qlora.yaml: trains with pdl_exempt_special_tokens False (wanted True), "
-        "pdl_min_weight None (wanted 1.0)",
+        "pdl_min_weight 0.0 (wanted 1.0)",
         f"{recipes}/toy_qlora.yaml: lacks the header lines `recipe_evidence.py` prints for toy"]
-    no_floor = PDLSettings(pdl_exempt_special_tokens=True, pdl_min_weight=0)
+    no_floor = PDLSettings(pdl_exempt_special_tokens=True, pdl_min_weight=0, pdl_ce_mix=0)
     assert evidence.check(results, ["toy"], recipes, defaults=no_floor)[-1] == \
         "PDLSettings() defaults to pdl_min_weight 0.0 (wanted 1.0)"

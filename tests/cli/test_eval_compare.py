@@ -475,13 +475,13 @@ def test_an_arm_trains_with_exactly_the_variants_its_name_gives_whatever_the_rec
     assert recipe_variants(base) == [
         "The recipe's pdl_min_weight 1 applies only to the arms whose name gives min_weight; the others train without it.",
         "The recipe's pdl_ce_mix 0.3 applies only to the arms whose name gives ce_mix; the others train without it."]
-    for text, floor, mix in (("alpha=0.5", None, 0.0), ("alpha=0.5,ce_mix=0.5", None, 0.5),
+    for text, floor, mix in (("alpha=0.5", 0.0, 0.0), ("alpha=0.5,ce_mix=0.5", 0.0, 0.5),
                              ("alpha=0.5,exempt=true,min_weight=2", 2.0, 0.0)):
         arm = parse_arm(text)
         trained = parse_recipe(["--config", recipe, *training_overrides(arm, 0, tmp_path / "run")]).training
         assert (trained.pdl_min_weight, float(trained.pdl_ce_mix)) == (floor, mix), text
         scored = parse_recipe(["--config", recipe, *evaluation_overrides(arm, 0, tmp_path / "run")]).training
-        assert (scored.pdl_min_weight, float(scored.pdl_ce_mix), scored.pdl_exempt_special_tokens) == (None, 0.0, False)
+        assert (scored.pdl_min_weight, float(scored.pdl_ce_mix), scored.pdl_exempt_special_tokens) == (0.0, 0.0, False)
     Path(recipe).write_text(Path(recipe).read_text() + "pdl_max_weight: 20\n")
     with pytest.raises(PDLConfigError, match=r"The recipe sets pdl_max_weight \(20.0\).*`--arm alpha=0.5,max_weight"):
         recipe_variants(parse_recipe(["--config", recipe]).training)
