@@ -11,7 +11,6 @@ each one that does not and exits 1. A test runs the check on the committed resul
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import textwrap
 from pathlib import Path
@@ -48,8 +47,7 @@ def header_lines(results_dir: Path, task: str, choice: Choice, arm: Arm) -> list
     else:
         baseline = baseline_name(runs)
         seeds = sorted({r["seed"] for r in runs[choice.arm]} & {r["seed"] for r in runs[baseline]})
-        steps = sorted({json.loads((Path(results_dir) / task / choice.arm / f"seed-{seed}" / "train.json").read_text())
-                        ["global_step"] for seed in seeds})
+        steps = sorted({r["train"]["global_step"] for r in runs[choice.arm] if r["seed"] in seeds})
         numbers = "; ".join(f"{title.removesuffix(' (code)')} {value}"
                             for title, value in arm_cells(runs, choice.arm, is_code(runs)).items())
         text = (f"PDL setting: {arm.label.replace(', special tokens exempt', ' + exemption')} (`--arm {arm.spec}`), "
@@ -75,21 +73,19 @@ def check(results_dir: Path, tasks: list[str], recipes_dir: Path, defaults: PDLS
     """Every way the recipes under `recipes_dir` and the defaults (`PDLSettings()`) do not follow the study (empty:
     they do)."""
     by_task, default, arms = choices(results_dir, tasks)
+    decided = {task: chosen_arm(choice, arms) for task, choice in by_task.items() if choice.decided}
+    lines = {task: "\n".join(header_lines(results_dir, task, by_task[task], arm)) for task, arm in decided.items()}
     problems = []
     for recipe in sorted(Path(recipes_dir).rglob("*.yaml")):
         task = task_of(recipe)
-        choice = by_task.get(task)
-        if choice is None or not choice.decided:
+        if task not in decided:
             problems.append(f"{recipe}: the study has not decided the {task} setting")
             continue
-        arm = chosen_arm(choice, arms)
         text = recipe.read_text()
-        values = yaml.safe_load(text)
-        wrong = differences(PDLSettings.from_mapping(values), arm.settings())
+        wrong = differences(PDLSettings.from_mapping(yaml.safe_load(text)), decided[task].settings())
         if wrong:
             problems.append(f"{recipe}: trains with {', '.join(wrong)}")
-        lines = header_lines(results_dir, task, choice, arm)
-        if "\n".join(lines) not in text:
+        if lines[task] not in text:
             problems.append(f"{recipe}: lacks the header lines `recipe_evidence.py` prints for {task}")
     if not default.decided:
         problems.append("PDLSettings: the study has not decided the default")

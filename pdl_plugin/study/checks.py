@@ -38,9 +38,9 @@ def recipe_variants(training) -> list[str]:
                 f"CE baseline among them). Remove {setting} from the recipe and give it to the arms that should have "
                 f"it, e.g. `--arm alpha=0.5,{key}=VALUE`."
             )
-    return [f"The recipe's {ARM_OPTIONS[key]} {float(getattr(training, ARM_OPTIONS[key])):g} applies only to the arms whose name "
-            f"gives {key}; the others train without it." for key in VARIANT_OFF
-            if getattr(training, ARM_OPTIONS[key]) not in (None, 0)]
+    given = {key: getattr(training, ARM_OPTIONS[key]) for key in VARIANT_OFF}
+    return [f"The recipe's {ARM_OPTIONS[key]} {float(value):g} applies only to the arms whose name gives {key}; the "
+            "others train without it." for key, value in given.items() if value not in (None, 0)]
 
 
 def check_study_folders(outdir: str | Path, results_dir: str | Path | None, recipe) -> None:
