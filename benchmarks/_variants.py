@@ -15,8 +15,10 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from pdl_plugin.settings import EQUATION_3
+
 # Plain PDL, equation (3), whatever the package's defaults: the baseline every option is measured against
-PLAIN = {"pdl_exempt_special_tokens": False, "pdl_min_weight": 0, "pdl_ce_mix": 0.0}
+PLAIN = EQUATION_3
 # Each option's `pdl_*` settings on top of the recipe's plain PDL ones
 OPTIONS = {
     "floor": {"pdl_min_weight": 1.0},

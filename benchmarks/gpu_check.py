@@ -177,6 +177,7 @@ def train_run(case: Case, variant: str, folder: Path, args, work_dir: Path) -> d
     from trl import ModelConfig, SFTConfig, SFTTrainer, get_peft_config, get_quantization_config
 
     from pdl_plugin import PDLSFTConfig, PDLSFTTrainer
+    from pdl_plugin.settings import EQUATION_3
 
     recipe, cpu = case.recipe, not torch.cuda.is_available()
     dtype = "float32" if cpu else recipe.get("dtype", "bfloat16")
@@ -197,9 +198,9 @@ def train_run(case: Case, variant: str, folder: Path, args, work_dir: Path) -> d
         model_init_kwargs={"dtype": dtype, "attn_implementation": recipe.get("attn_implementation")},
     )
     if variant == "pdl":
-        config = PDLSFTConfig(loss_type="pdl", pdl_alpha=recipe.get("pdl_alpha", 0.5),  # plain PDL, equation (3):
-                              pdl_epsilon=recipe.get("pdl_epsilon", 1e-6), pdl_exempt_special_tokens=False,
-                              pdl_min_weight=0, pdl_ce_mix=0.0, **common)  # the protections' cost: step_variants
+        # plain PDL, equation (3), at the recipe's alpha: the protections' cost is step_variants' to measure
+        config = PDLSFTConfig(loss_type="pdl", pdl_alpha=recipe.get("pdl_alpha", 0.5),
+                              pdl_epsilon=recipe.get("pdl_epsilon", 1e-6), **EQUATION_3, **common)
         trainer_cls = PDLSFTTrainer
     else:
         config = SFTConfig(loss_type="nll", **common)

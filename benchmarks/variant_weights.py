@@ -17,7 +17,7 @@ import torch
 
 from pdl_plugin.frequency import FrequencyTable, special_token_ids
 from pdl_plugin.run_weights import end_of_turn_id, weights_for_settings
-from pdl_plugin.settings import PDLSettings
+from pdl_plugin.settings import EQUATION_3, PDLSettings
 
 
 def ranked(table: FrequencyTable, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -61,7 +61,7 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(resolve_embedded_model(args.model))
     table = FrequencyTable.load(args.table)
     eot = end_of_turn_id(table, special_token_ids(tokenizer, len(table.counts)))
-    base = PDLSettings(pdl_alpha=args.alpha, pdl_exempt_special_tokens=False, pdl_min_weight=0, pdl_ce_mix=0.0)  # eq. (3)
+    base = PDLSettings(pdl_alpha=args.alpha, **EQUATION_3)
     variants = [(f"equation (3), alpha {args.alpha}", base, None),
                 (f"floor pdl_min_weight 1, alpha {args.alpha}", replace(base, pdl_min_weight=1.0), None)]
     if args.prior:

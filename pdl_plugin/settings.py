@@ -146,6 +146,9 @@ DEFAULTS = {f.name: f.default for f in dataclasses.fields(PDLSettings)}
 # The settings that define the loss: resuming with any of them changed would change the loss mid-run
 RESUME_KEYS = ("pdl_alpha", "pdl_epsilon", "pdl_normalize", "pdl_max_weight", "pdl_alpha_warmup_steps",
                "pdl_unseen_weight", "pdl_exempt_special_tokens", "pdl_min_weight", "pdl_ce_mix", "pdl_prior_mix")
+# Equation (3) as the paper writes it, whatever the defaults: none of the protections (special-token exemption, weight
+# floor, CE anchor). Tests that check the maths and benchmarks' plain-PDL baseline spell it with these
+EQUATION_3 = {"pdl_exempt_special_tokens": False, "pdl_min_weight": 0, "pdl_ce_mix": 0.0}
 # What a setting was before it existed, for a run saved by an older version (its loss had none of them)
 ABSENT_BEFORE = {"pdl_exempt_special_tokens": False, "pdl_min_weight": None, "pdl_ce_mix": 0.0,
                  "pdl_prior_mix": None}

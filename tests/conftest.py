@@ -8,6 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
+# The maths tests check equation (3) whatever the package's defaults, and each protection only where a test turns it on
+from pdl_plugin.settings import EQUATION_3  # noqa: F401
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
@@ -76,9 +79,6 @@ CONVERSATIONS = [
 ]
 
 
-# Equation (3) as the paper writes it, whatever the package's defaults: the maths tests check it, and each protection
-# (special-token exemption, weight floor, CE anchor) only where a test turns it on
-EQUATION_3 = {"pdl_exempt_special_tokens": False, "pdl_min_weight": 0, "pdl_ce_mix": 0.0}
 
 
 def cpu_args(tmp_path, config_cls=None, **overrides):
