@@ -4,9 +4,11 @@ out by hand, and the check names each recipe whose settings or lines do not foll
 import json
 from pathlib import Path
 
+import pytest
 from conftest import load_benchmark
 
 from pdl_plugin import PDLSettings
+from pdl_plugin.errors import PDLConfigError
 
 evidence = load_benchmark("recipe_evidence")
 FLOOR = "alpha-0.5-exempt-min_weight-1"
@@ -68,3 +70,49 @@ def test_the_check_names_each_recipe_and_default_that_does_not_follow(tmp_path):
     no_floor = PDLSettings(pdl_exempt_special_tokens=True, pdl_min_weight=0, pdl_ce_mix=0)
     assert evidence.check(results, ["toy"], recipes, defaults=no_floor)[-1] == \
         "PDLSettings() defaults to pdl_min_weight 0.0 (wanted 1.0)"
+
+
+RECIPE = """# A toy recipe: its header stays
+model_name_or_path: embedded:SmolLM2-135M-Instruct
+max_length: 256                # a comment of the recipe's own
+
+# PDL
+loss_type: pdl
+pdl_alpha: 0.75                # a claim nobody measured
+pdl_epsilon: 1.0e-6
+pdl_normalize: weighted
+
+learning_rate: 2.0e-4
+"""
+
+
+def test_write_spells_out_the_chosen_setting_and_keeps_the_rest(tmp_path):
+    results, recipes = _study(tmp_path), tmp_path / "recipes"
+    recipes.mkdir()
+    (recipes / "toy_lora.yaml").write_text(RECIPE)
+    (recipes / "other_lora.yaml").write_text(RECIPE)  # a task the study did not run: left alone
+    assert evidence.write(results, ["toy"], recipes) == [recipes / "toy_lora.yaml"]
+    by_task, _, arms = evidence.choices(results, ["toy"])
+    header = "\n".join(evidence.header_lines(results, "toy", by_task["toy"], arms[FLOOR]))
+    assert (recipes / "toy_lora.yaml").read_text() == (
+        "# A toy recipe: its header stays\nmodel_name_or_path: embedded:SmolLM2-135M-Instruct\n"
+        "max_length: 256                # a comment of the recipe's own\n\n" + header + "\n"
+        "loss_type: pdl\npdl_alpha: 0.5\npdl_epsilon: 1.0e-6\npdl_normalize: weighted\n"
+        "pdl_exempt_special_tokens: true # end-of-turn token at the mean weight, so replies end\n"
+        "pdl_min_weight: 1              # floor, x the mean trained weight (0: none)\n"
+        "pdl_ce_mix: 0                  # share of each step's loss that is plain CE (0: none)\n"
+        "\nlearning_rate: 2.0e-4\n")
+    assert (recipes / "other_lora.yaml").read_text() == RECIPE
+    (recipes / "other_lora.yaml").unlink()
+    floor = PDLSettings(pdl_exempt_special_tokens=True, pdl_min_weight=1, pdl_ce_mix=0)
+    assert evidence.check(results, ["toy"], recipes, defaults=floor) == []
+    assert evidence.write(results, ["toy"], recipes) == []  # a second write finds nothing to change
+
+
+def test_write_refuses_a_pdl_key_outside_the_block(tmp_path):
+    results, recipes = _study(tmp_path), tmp_path / "recipes"
+    recipes.mkdir()
+    (recipes / "toy_lora.yaml").write_text(RECIPE + "pdl_min_weight: 2\n")
+    with pytest.raises(PDLConfigError, match="stands apart from the `loss_type:` line"):
+        evidence.write(results, ["toy"], recipes)
+    assert (recipes / "toy_lora.yaml").read_text() == RECIPE + "pdl_min_weight: 2\n"
