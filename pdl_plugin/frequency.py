@@ -8,7 +8,6 @@ import json
 import math
 import numbers
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -212,16 +211,11 @@ class FrequencyTable:
         total = counts.sum()
         return counts / total if total > 0 else counts
 
-    def weights(
-        self,
-        alpha: float,
-        epsilon: float,
-        normalize: str = "weighted",
-        max_weight: float | None = None,
-        unseen: str = "rarest",
-        exempt: Sequence[int] = (),
-    ) -> torch.Tensor:
-        return token_weights_from_counts(self.counts, alpha, epsilon, normalize, max_weight, unseen, exempt)
+    def weights(self, alpha: float, epsilon: float, **options) -> torch.Tensor:
+        """The loss's weights from this table's counts: equation (3), with any option of `token_weights_from_counts`
+        (normalize, max_weight, unseen, exempt, min_weight, prior, prior_mix), so a user reads the same weights the
+        loss uses."""
+        return token_weights_from_counts(self.counts, alpha, epsilon, **options)
 
     # ---- compatibility ---------------------------------------------------------------------------------------------
 

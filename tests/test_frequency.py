@@ -67,6 +67,15 @@ def test_table_round_trip_keeps_counts_and_metadata(tmp_path):
     assert loaded.tokenizer_fingerprint == "tok-a" and loaded.extra == {"source": "unit-test"}
 
 
+def test_table_weights_take_the_loss_options_a_floor_included():
+    # counts 5, 0, 2, 1 of 8: freq 0.625, 0 (unseen: the rarest, 0.125), 0.25, 0.125; at alpha 1 (epsilon 1e-6,
+    # negligible) w = 1/freq = 1.6, 8, 4, 8; count-weighted mean (5 * 1.6 + 2 * 4 + 1 * 8) / 8 = 3, the floor at 1x
+    table = _table()
+    torch.testing.assert_close(table.weights(1.0, 1e-6), torch.tensor([1.6, 8.0, 4.0, 8.0]), rtol=1e-4, atol=0)
+    torch.testing.assert_close(table.weights(1.0, 1e-6, min_weight=1.0), torch.tensor([3.0, 8.0, 4.0, 8.0]),
+                               rtol=1e-4, atol=0)
+
+
 def test_saving_into_a_directory_uses_the_standard_name(tmp_path):
     assert _table().save(tmp_path) == tmp_path / TABLE_FILENAME
 
