@@ -205,7 +205,7 @@ def validate_values(values: Mapping[str, Any]) -> dict[str, Any]:
             out["pdl_min_weight"] > out["pdl_max_weight"]:
         raise PDLConfigError(
             f"pdl_min_weight {out['pdl_min_weight']} is above pdl_max_weight {out['pdl_max_weight']}: the floor would "
-            "lie above the cap. Lower the floor or raise the cap."
+            "lie above the cap. Lower the floor (`pdl_min_weight: 0` is none) or raise the cap."
         )
     out["pdl_ce_mix"] = _fraction("pdl_ce_mix", values["pdl_ce_mix"], "0 is PDL, 1 plain cross-entropy")
     out.update(_prior_values(values["pdl_prior_path"], values["pdl_prior_mix"]))
