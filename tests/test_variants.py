@@ -43,7 +43,8 @@ def test_floor_and_cap_share_the_mean_and_come_before_exemption_and_token_rescal
 
 
 def test_floor_above_the_cap_is_refused_when_both_are_set():
-    with pytest.raises(PDLConfigError, match=r"pdl_min_weight 3.0 is above pdl_max_weight 2.0: .* (`pdl_min_weight: 0` is none)"):
+    with pytest.raises(PDLConfigError,
+                       match=r"pdl_min_weight 3.0 is above pdl_max_weight 2.0: .* \(`pdl_min_weight: 0` is none\)"):
         PDLSettings(pdl_min_weight=3, pdl_max_weight=2)
     with pytest.raises(PDLConfigError, match="pdl_min_weight must be a finite number > 0"):
         PDLSettings(pdl_min_weight=-0.5)
