@@ -88,8 +88,8 @@ def recipe_choice(judged: list[Judged]) -> Choice:
     holding = [j for j in judged if j.verdict == "neither" and j.rare_gain]
     if holding:
         best = max(holding, key=lambda j: j.output)
-        return Choice(best.arm, f"no arm helps; the least output loss ({best.output:+.3f}) among the arms that harm "
-                      "nothing and keep the rare-token gain")
+        return Choice(best.arm, f"no arm helps; the best output difference ({best.output:+.3f} over seeds "
+                      f"{_seeds(best)}) among the arms that harm nothing and keep the rare-token gain")
     gaining = [j for j in judged if j.rare_gain]
     if gaining:
         best = max(gaining, key=lambda j: j.output)

@@ -55,6 +55,8 @@ def test_without_help_a_recipe_takes_the_least_loss_among_arms_that_keep_the_rar
         "runs_on": ("harms", True)}
     choice = recipe_choice(judged)
     assert choice.arm == "keeps" and not choice.warning
+    assert choice.reason == ("no arm helps; the best output difference (-0.002 over seeds 0, 1, 2) among the arms "
+                             "that harm nothing and keep the rare-token gain")  # (-0.002 + 0.001 - 0.004) / 3
 
 
 def test_when_every_arm_harms_a_recipe_takes_the_least_harmful_with_a_warning_and_ce_without_a_gain():
