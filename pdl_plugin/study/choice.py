@@ -13,7 +13,8 @@ interval that excludes 0).
 - **The default**, among the arms judged on every task: the one that helps on the most tasks and harms none (ties:
   the larger mean output difference); where none helps, the one that harms no task and keeps the gain on every task
   with the smallest mean output loss; where every arm harms some task, the one that harms the fewest (then the
-  smallest mean output loss), with a warning. None is chosen while no arm is judged on every task.
+  smallest mean output loss), with a warning. None is chosen while no arm is judged on every task, nor while an arm
+  judged on two or more tasks is not yet judged on every one (its third-task seeds are planned: docs/results.md).
 """
 
 from __future__ import annotations
@@ -105,6 +106,10 @@ def default_choice(by_task: dict[str, list[Judged]]) -> Choice:
     if not by_task or not arms:
         return Choice(None, "undecided: no arm is judged on every task (seeds 1 and 2 of one arm on each task)",
                       decided=False)
+    waiting = _judged_on_some_tasks(by_task)
+    if waiting:
+        return Choice(None, f"undecided: {'; '.join(waiting)} (the arms stage 2 judged on two or more tasks are "
+                      "judged on every task before the default is chosen among them)", decided=False)
     rows = {arm: [next(j for j in js if j.arm == arm) for js in by_task.values()] for arm in arms}
 
     def mean_output(arm: str) -> float:
@@ -124,6 +129,15 @@ def default_choice(by_task: dict[str, list[Judged]]) -> Choice:
     best = max(arms, key=lambda arm: (-sum(j.verdict == "harms" for j in rows[arm]), mean_output(arm)))
     return Choice(best, f"every arm harms some task or loses the rare-token gain; this one is the least harmful "
                   f"(mean output {mean_output(best):+.3f})", warning=True)
+
+
+def _judged_on_some_tasks(by_task: dict[str, list[Judged]]) -> list[str]:
+    """The arms judged on more than one task but not on every one, each with the tasks it still lacks: their
+    third-task seeds are the registered plan's, so the default waits for them."""
+    tasks = {arm: [task for task, js in by_task.items() if any(j.arm == arm for j in js)]
+             for arm in dict.fromkeys(j.arm for js in by_task.values() for j in js)}
+    return [f"{arm} is not yet judged on {', '.join(t for t in by_task if t not in judged)}"
+            for arm, judged in tasks.items() if 1 < len(judged) < len(by_task)]
 
 
 def _seeds(judged: Judged) -> str:

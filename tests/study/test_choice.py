@@ -94,6 +94,18 @@ def test_without_help_the_default_keeps_the_gain_everywhere_with_the_least_mean_
     assert undecided.arm is None and not undecided.decided and undecided.reason.startswith("undecided")
 
 
+def test_the_default_waits_for_an_arm_judged_on_two_tasks_to_be_judged_on_the_third():
+    held, harmful = ([0.000, 0.001, -0.001], GAIN), ([-0.05, -0.06, -0.055], GAIN)
+    by_task = {"one": judge_task("one", _task(x=harmful, y=held)), "two": judge_task("two", _task(x=held, y=held)),
+               "three": judge_task("three", _task(x=held))}
+    # x is judged everywhere (and harms "one"); y, judged on two tasks, still has its third-task seeds to come
+    waiting = default_choice(by_task)
+    assert (waiting.arm, waiting.decided) == (None, False)
+    assert waiting.reason.startswith("undecided: y is not yet judged on three (")
+    by_task["three"] = judge_task("three", _task(x=held, y=held))
+    assert default_choice(by_task).arm == "y"  # harms nothing, keeps the gain; x harms "one"
+
+
 def test_an_arm_that_helps_by_specificity_says_so():
     runs = _task(specific=([0.000, 0.001, -0.001], GAIN))
     for seed, run in enumerate(runs["specific"]):  # rare-token recall up on every seed, outputs held
