@@ -88,23 +88,30 @@ def trains_with(values: dict, arm: Arm) -> list[str]:
     return differences(PDLSettings.from_mapping(values), arm.settings())
 
 
+def decided_tasks(results_dir: Path, tasks: list[str]) -> tuple[dict[str, tuple[Arm, list[str]]], Choice, dict]:
+    """Each decided task's arm and header lines (drawn once per task), the default's choice and the study's arms."""
+    by_task, default, arms = choices(results_dir, tasks)
+    decided = {task: chosen_arm(choice, arms) for task, choice in by_task.items() if choice.decided}
+    return ({task: (arm, header_lines(results_dir, task, by_task[task], arm)) for task, arm in decided.items()},
+            default, arms)
+
+
 def check(results_dir: Path, tasks: list[str], recipes_dir: Path, defaults: PDLSettings | None = None) -> list[str]:
     """Every way the recipes under `recipes_dir` and the defaults (`PDLSettings()`) do not follow the study (empty:
     they do)."""
-    by_task, default, arms = choices(results_dir, tasks)
-    decided = {task: chosen_arm(choice, arms) for task, choice in by_task.items() if choice.decided}
-    lines = {task: "\n".join(header_lines(results_dir, task, by_task[task], arm)) for task, arm in decided.items()}
+    decided, default, arms = decided_tasks(results_dir, tasks)
     problems = []
     for recipe in sorted(Path(recipes_dir).rglob("*.yaml")):
         task = task_of(recipe)
         if task not in decided:
             problems.append(f"{recipe}: the study has not decided the {task} setting")
             continue
+        arm, lines = decided[task]
         text = recipe.read_text()
-        wrong = trains_with(yaml.safe_load(text), decided[task])
+        wrong = trains_with(yaml.safe_load(text), arm)
         if wrong:
             problems.append(f"{recipe}: trains with {', '.join(wrong)}")
-        if lines[task] not in text:
+        if "\n".join(lines) not in text:
             problems.append(f"{recipe}: lacks the header lines `recipe_evidence.py` prints for {task}")
     if not default.decided:
         problems.append("PDLSettings: the study has not decided the default")
@@ -142,26 +149,26 @@ def block_lines(header: list[str], kept: list[str], arm: Arm, column: int) -> li
     wanted = {"pdl_alpha": f"{arm.alpha:g}", "pdl_exempt_special_tokens": str(arm.exempt).lower(),
               **{ARM_OPTIONS[key]: value for key, value in (*VARIANT_OFF.items(), *arm.options)}}
     kept = [line for line in kept if line.split(":")[0] not in wanted]
-    written = [f"{key}: {value}".ljust(column - 1) + (f" # {VARIANT_COMMENTS[key]}" if key in VARIANT_COMMENTS else "")
-               for key, value in wanted.items()]  # at least one space before `#`, or YAML reads it as the value
-    return [*header, "loss_type: pdl", written[0].rstrip(), *kept, *(line.rstrip() for line in written[1:])]
+    # at least one space before `#`, or YAML reads the comment as part of the value
+    written = [(f"{key}: {value}".ljust(column - 1) + f" # {VARIANT_COMMENTS[key]}" if key in VARIANT_COMMENTS
+                else f"{key}: {value}") for key, value in wanted.items()]
+    return [*header, "loss_type: pdl", written[0], *kept, *written[1:]]
 
 
 def write(results_dir: Path, tasks: list[str], recipes_dir: Path) -> list[Path]:
     """Rewrite the PDL block of every recipe of a decided task under `recipes_dir`; returns the files changed."""
-    by_task, _, arms = choices(results_dir, tasks)
+    decided, _, _ = decided_tasks(results_dir, tasks)
     changed = []
     for recipe in sorted(Path(recipes_dir).rglob("*.yaml")):
-        choice = by_task.get(task_of(recipe))
-        if choice is None or not choice.decided:
+        if task_of(recipe) not in decided:
             continue
-        arm, lines = chosen_arm(choice, arms), recipe.read_text().splitlines()
+        (arm, header), old = decided[task_of(recipe)], recipe.read_text()
+        lines = old.splitlines()
         start, end = pdl_block(lines, recipe)
         column = next((m.end() - 1 for m in map(ALIGNED_COMMENT.search, lines[start:end]) if m), 37)
         kept = [line for line in lines[start:end] if line.startswith("pdl_")]
-        block = block_lines(header_lines(results_dir, task_of(recipe), choice, arm), kept, arm, column)
-        text = "\n".join([*lines[:start], *block, *lines[end:]]) + "\n"
-        if text != recipe.read_text():
+        text = "\n".join([*lines[:start], *block_lines(header, kept, arm, column), *lines[end:]]) + "\n"
+        if text != old:
             recipe.write_text(text)
             changed.append(recipe)
     return changed
