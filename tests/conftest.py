@@ -79,8 +79,6 @@ CONVERSATIONS = [
 ]
 
 
-
-
 def cpu_args(tmp_path, config_cls=None, **overrides):
     """Settings for fast, deterministic CPU runs (a `PDLSFTConfig` unless `config_cls` says otherwise); a PDL run
     computes equation (3) unless the test turns a protection on."""

@@ -101,12 +101,14 @@ def recipe_choice(judged: list[Judged]) -> Choice:
 
 def default_choice(by_task: dict[str, list[Judged]]) -> Choice:
     """`PDLSettings`' default, from every task's judged arms (module docstring)."""
-    arms = [arm for arm in dict.fromkeys(j.arm for js in by_task.values() for j in js)
-            if all(any(j.arm == arm for j in js) for js in by_task.values())]
+    judged_on = _tasks_judged(by_task)
+    arms = [arm for arm, tasks in judged_on.items() if len(tasks) == len(by_task)]
     if not by_task or not arms:
         return Choice(None, "undecided: no arm is judged on every task (seeds 1 and 2 of one arm on each task)",
                       decided=False)
-    waiting = _judged_on_some_tasks(by_task)
+    # the arms judged on two or more tasks but not every one: their third-task seeds are the registered plan's
+    waiting = [f"{arm} is not yet judged on {', '.join(task for task in by_task if task not in tasks)}"
+               for arm, tasks in judged_on.items() if 1 < len(tasks) < len(by_task)]
     if waiting:
         return Choice(None, f"undecided: {'; '.join(waiting)} (the arms stage 2 judged on two or more tasks are "
                       "judged on every task before the default is chosen among them)", decided=False)
@@ -131,13 +133,10 @@ def default_choice(by_task: dict[str, list[Judged]]) -> Choice:
                   f"(mean output {mean_output(best):+.3f})", warning=True)
 
 
-def _judged_on_some_tasks(by_task: dict[str, list[Judged]]) -> list[str]:
-    """The arms judged on more than one task but not on every one, each with the tasks it still lacks: their
-    third-task seeds are the registered plan's, so the default waits for them."""
-    tasks = {arm: [task for task, js in by_task.items() if any(j.arm == arm for j in js)]
-             for arm in dict.fromkeys(j.arm for js in by_task.values() for j in js)}
-    return [f"{arm} is not yet judged on {', '.join(t for t in by_task if t not in judged)}"
-            for arm, judged in tasks.items() if 1 < len(judged) < len(by_task)]
+def _tasks_judged(by_task: dict[str, list[Judged]]) -> dict[str, list[str]]:
+    """Each arm (in the order first judged) with the tasks it is judged on."""
+    arms = dict.fromkeys(j.arm for js in by_task.values() for j in js)
+    return {arm: [task for task, js in by_task.items() if any(j.arm == arm for j in js)] for arm in arms}
 
 
 def _seeds(judged: Judged) -> str:
